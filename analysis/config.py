@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -111,10 +112,15 @@ class BestCandidate(_Strict):
 
 
 class Sidebands(_Strict):
-    """Sideband bands (GeV) outside the signal region."""
+    """Sidebands: the analysis window minus a blinded box around the region (GeV).
 
-    mass: list[tuple[float, float]] = Field(default_factory=list)
-    delta_e: list[tuple[float, float]] = Field(default_factory=list)
+    The box is the signal region's bounding box widened by the gaps.
+    """
+
+    mass_range: tuple[float, float] = (1.5, 2.0)
+    delta_e_range: tuple[float, float] | None = (-0.6, 0.3)
+    mass_gap: float = Field(default=0.0, ge=0)
+    delta_e_gap: float = Field(default=0.0, ge=0)
 
 
 class SignalRegionConfig(_Strict):
@@ -341,7 +347,9 @@ def parse_config(data: Any, base_dir: Path, source: str = "<config>") -> Analysi
 
     samples = []
     for sample in config.samples:
-        files = [str(base_dir / Path(f).expanduser()) for f in sample.files]
+        files = [
+            os.path.normpath(base_dir / Path(f).expanduser()) for f in sample.files
+        ]
         samples.append(sample.model_copy(update={"files": files}))
     return config.model_copy(update={"samples": samples})
 

@@ -164,13 +164,13 @@ def _tag_side(
     Returns the charged track and the summed neutrino four-vector.
     """
     n = tau.shape[0]
-    hadronic: np.ndarray = rng.uniform(size=n) < 0.4
+    hadronic = np.asarray(rng.uniform(size=n) < 0.4, dtype=bool)
     track = np.empty((n, 4))
     neutrinos = np.empty((n, 4))
     if hadronic.any():
         pion, nu = kin.decay_two_body(tau[hadronic], M_PI, 0.0, rng)
         track[hadronic], neutrinos[hadronic] = pion, nu
-    leptonic: np.ndarray = ~hadronic
+    leptonic = np.logical_not(hadronic)
     if leptonic.any():
         lepton, nu1, nu2 = kin.decay_three_body(tau[leptonic], (M_MU, 0.0, 0.0), rng)
         track[leptonic], neutrinos[leptonic] = lepton, nu1 + nu2

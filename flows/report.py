@@ -1,0 +1,183 @@
+"""results.json and report.md of a one-touch run (no Prefect here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from pathlib import Path
+from typing import Any
+
+from analysis import __version__
+from analysis.config import AnalysisConfig
+from analysis.outputs import write_json, write_text
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _rel(path: str | None, run_dir: Path) -> str:
+    if not path:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def build_results(
+    config: AnalysisConfig,
+    config_path: Path,
+    run_dir: Path,
+    summaries: dict[str, dict[str, Any]],
+    input_hashes: dict[str, str],
+    code_version: str,
+) -> dict[str, Any]:
+    """Collect every number of the run into one JSON-ready mapping."""
+    working = summaries["working_point"]
+    limit = summaries["limit"]
+    return {
+        "analysis": config.name,
+        "package_version": __version__,
+        "code_version": code_version,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "config_path": str(config_path),
+        "config_sha256": config.section_hash(),
+        "input_files_sha256": input_hashes,
+        "blinded": not config.blinding.unblind,
+        "units": {
+            "mass": "GeV",
+            "delta_e": "GeV",
+            "luminosity": "fb^-1",
+            "cross_section": "nb",
+        },
+        "cutflow": summaries["preselection"]["cutflow"],
+        "signal_shape": summaries["signal_region"]["shape"],
+        "signal_region": summaries["signal_region"]["region"],
+        "sidebands": summaries["signal_region"]["sidebands"],
+        "split_counts": summaries["signal_region"]["counts"],
+        "bdt": {
+            "best_params": summaries["bdt"]["best_params"],
+            "validation_auc": summaries["bdt"]["validation_auc"],
+            "train_auc": summaries["bdt"]["train_auc"],
+            "n_trials": summaries["bdt"]["n_trials"],
+            **working["metrics"],
+        },
+        "working_point": {
+            "bdt_cut": working["bdt_cut"],
+            "signal_efficiency": working["signal_efficiency"],
+            "background": working["background"],
+            "background_estimates": working["background_estimates"],
+            "scan": working["scan"],
+        },
+        "limit": limit,
+    }
+
+
+def write_results(path: Path, results: dict[str, Any]) -> Path:
+    """Write results.json atomically."""
+    return write_json(path, results)
+
+
+def render_report(results: dict[str, Any], run_dir: Path) -> str:
+    """Render report.md: the headline limit, then one section per stage."""
+    limit = results["limit"]
+    wp = results["working_point"]
+    bdt = results["bdt"]
+    cl = round(limit["cl"] * 100)
+    lines = [f"# tau -> 3mu one-touch report: {results['analysis']}", ""]
+    if "br_upper_expected" in limit:
+        expected = limit["br_upper_expected"]
+        lines += [
+            f"**Expected {cl}% CL upper limit on B(tau -> 3mu): "
+            f"{_fmt(expected[2], 3)}** "
+            f"(1 sigma band {_fmt(expected[1], 3)} - {_fmt(expected[3], 3)}), "
+            f"for {_fmt(limit['luminosity_fb'])} fb^-1 and "
+            f"sigma(ee -> tau tau) = {_fmt(limit['cross_section_nb'])} nb.",
+        ]
+        if limit.get("br_upper_observed") is not None:
+            lines.append(
+                f"**Observed: {_fmt(limit['br_upper_observed'], 3)}** with "
+                f"{limit['observed_events']} events in the signal region."
+            )
+    else:
+        expected = limit["n_upper_expected"]
+        lines.append(
+            f"**Expected {cl}% CL upper limit on the signal yield: "
+            f"{_fmt(expected[2], 3)} events** (no luminosity given: the run stops "
+            "at the signal count)."
+        )
+    lines += [
+        "",
+        f"Blinded: {'yes' if results['blinded'] else 'no'}. "
+        f"Package {results['package_version']}, config SHA-256 "
+        f"`{results['config_sha256'][:12]}`.",
+        "",
+        "## 1. Preselection",
+        "",
+        "See `preselection/cutflow.md`.",
+        "",
+        "![input variables](preselection/inputs.png)",
+        "",
+        "## 2. Signal shape and signal region",
+        "",
+        "```",
+        str(results["signal_region"]),
+        "```",
+        "",
+        "![signal fit](signal_region/signal_fit.png)",
+        "![signal region](signal_region/signal_region.png)",
+        "",
+        "## 3. BDT",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| trials | {bdt['n_trials']} |",
+        f"| AUC train | {_fmt(bdt.get('auc_train'))} |",
+        f"| AUC test | {_fmt(bdt.get('auc_test'))} |",
+        f"| KS p-value signal (train vs test) | {_fmt(bdt.get('ks_pvalue_signal'))} |",
+        f"| KS p-value background | {_fmt(bdt.get('ks_pvalue_background'))} |",
+    ]
+    if "reference_auc_test" in bdt:
+        lines.append(
+            f"| AUC test of the file's own BDT | {_fmt(bdt['reference_auc_test'])} |"
+        )
+    lines += [
+        "",
+        "![ROC](evaluation/roc.png)",
+        "![BDT score](evaluation/bdt_score.png)",
+        "",
+        "## 4. Working point",
+        "",
+        f"BDT cut {_fmt(wp['bdt_cut'])}, signal efficiency "
+        f"{_fmt(wp['signal_efficiency'])}, expected background "
+        f"{_fmt(wp['background']['value'])} +- "
+        f"{_fmt(wp['background']['uncertainty'])} events "
+        f"({wp['background']['method']}"
+        f"{', upper bound' if wp['background']['is_upper_bound'] else ''}).",
+        "",
+        "![Punzi scan](evaluation/punzi_scan.png)",
+        "",
+        "## 5. Upper limit",
+        "",
+        f"Calculator: {limit['calculator']}. Expected upper limit on the signal "
+        "yield (events, -2 to +2 sigma): "
+        + ", ".join(_fmt(v, 3) for v in limit["n_upper_expected"])
+        + ".",
+        "",
+        "![CLs scan](limit/cls_scan.png)",
+        "",
+        f"Workspace: `{_rel(limit['workspace'], run_dir)}` (pyhf JSON).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, results: dict[str, Any], run_dir: Path) -> Path:
+    """Write report.md atomically."""
+    return write_text(path, render_report(results, run_dir))
