@@ -149,6 +149,9 @@ class BDTConfig(_Strict):
 
     features: list[str] = Field(min_length=1)
     background_source: Literal["mc", "data_sidebands"] = "mc"
+    reference_score: str | None = Field(
+        default=None, description="existing classifier branch to compare AUCs with"
+    )
     n_trials: int = Field(default=20, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
     seed: int = 42

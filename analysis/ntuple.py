@@ -55,6 +55,13 @@ def open_file(path: str | os.PathLike[str]) -> Any:
             f"cannot read {path} as a ROOT file: {type(err).__name__}: {err}. "
             "The file may be truncated or not ROOT; regenerate or re-copy it."
         ) from err
+    size = path.stat().st_size
+    if size < handle.file.fEND:
+        handle.close()
+        raise InputFileError(
+            f"{path} is truncated: {size} bytes on disk, but its header says "
+            f"{handle.file.fEND}. Copy or regenerate the file."
+        )
     if not handle.keys():
         handle.close()
         raise InputFileError(

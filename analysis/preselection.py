@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +88,7 @@ class SampleSelection:
     scale: float = 1.0
     selection: str | None = None
     step_size: str | int = "64 MB"
-    extra: dict[str, str] = field(default_factory=dict)
+    salt: int = 0
 
 
 def compile_cuts(
@@ -155,7 +155,9 @@ def select_sample(
         for counter in counters:
             counter.last_id = None
         for chunk in iterate_tree(path, spec.tree, branches, spec.step_size):
-            chunk = _with_ids_and_weights(chunk, file_index, row_offset, spec.scale)
+            chunk = _with_ids_and_weights(
+                chunk, spec.salt * 1_000_003 + file_index, row_offset, spec.scale
+            )
             row_offset += chunk.height
             for i, (_, _, step_cut) in enumerate(steps):
                 if step_cut is not None:

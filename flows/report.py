@@ -145,7 +145,8 @@ def render_report(results: dict[str, Any], run_dir: Path) -> str:
     ]
     if "reference_auc_test" in bdt:
         lines.append(
-            f"| AUC test of the file's own BDT | {_fmt(bdt['reference_auc_test'])} |"
+            "| AUC test of the input's own classifier | "
+            f"{_fmt(bdt['reference_auc_test'])} |"
         )
     lines += [
         "",

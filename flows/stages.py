@@ -118,6 +118,10 @@ def _branch_names(config: AnalysisConfig, available: list[str]) -> dict[str, str
         )
     for feature in config.bdt.features:
         names[f"feature:{feature}"] = resolve_branch(feature, available, "bdt.features")
+    if config.bdt.reference_score is not None:
+        names["reference_score"] = resolve_branch(
+            config.bdt.reference_score, available, "bdt.reference_score"
+        )
     for extra in config.extra_branches:
         names[f"extra:{extra}"] = resolve_branch(extra, available, "extra_branches")
     return names
@@ -168,6 +172,7 @@ def preselection(
             keep=keep,
             scale=sample_scale(sample, config.limit.luminosity_fb),
             selection=sample.selection,
+            salt=config.samples.index(sample),
         )
 
         def report(files_done: int, _total: int, offset: int = done) -> None:
@@ -542,6 +547,13 @@ def working_point(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
     model = bdt_mod.load_model(run_dir / "bdt" / "model.json")
     train_set, test_set = _training_sets(config, tables)
     metrics = bdt_mod.evaluate(model, train_set, test_set, label="is_signal")
+    if "reference_score" in names:
+        for part, table in (("train", train_set), ("test", test_set)):
+            metrics[f"reference_auc_{part}"] = bdt_mod.weighted_auc(
+                table["is_signal"].to_numpy(),
+                table[names["reference_score"]].to_numpy(),
+                None,
+            )
     plots = bdt_mod.write_bdt_plots(
         model, train_set, test_set, None, out, label="is_signal", weight="weight"
     )
