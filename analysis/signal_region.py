@@ -14,6 +14,7 @@ event weights; ``None`` means every candidate has weight 1.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -812,7 +813,7 @@ class EllipseRegion:
         exponentially for smooth periodic integrands. ``sum(w * f(m, de))``
         approximates the integral of ``f`` over the ellipse.
         """
-        nodes, gl_weights = np.polynomial.legendre.leggauss(n_points)
+        nodes, gl_weights = gauss_legendre(n_points)
         r = 0.5 * (nodes + 1.0)
         r_weights = 0.5 * gl_weights
         n_angle = 2 * n_points
@@ -890,7 +891,7 @@ class IntervalRegion:
 
     def quadrature(self, n_points: int = 48) -> tuple[FloatArray, None, FloatArray]:
         """Return Gauss-Legendre nodes and weights on [low, high]."""
-        nodes, weights = np.polynomial.legendre.leggauss(n_points)
+        nodes, weights = gauss_legendre(n_points)
         half = 0.5 * self.width
         return self.low + half * (nodes + 1.0), None, half * weights
 
@@ -916,6 +917,15 @@ class IntervalRegion:
             high=float(data["high"]),
             n_sigma=None if data.get("n_sigma") is None else float(data["n_sigma"]),
         )
+
+
+@functools.lru_cache(maxsize=16)
+def gauss_legendre(n_points: int) -> tuple[FloatArray, FloatArray]:
+    """Return the Gauss-Legendre nodes and weights on [-1, 1], cached per order."""
+    nodes, weights = np.polynomial.legendre.leggauss(n_points)
+    nodes.flags.writeable = False
+    weights.flags.writeable = False
+    return nodes, weights
 
 
 def _check_kind(data: Mapping[str, Any], kind: str, keys: Sequence[str]) -> None:
