@@ -392,7 +392,7 @@ def estimate_from_sidebands(
         delta_e_model: ``"flat"`` or ``"linear"``.
         mass_degree: degree of the polynomial mass model.
         cl: confidence level of upper bounds and of ``details["upper_limit"]``.
-        min_shape_events: fewest sideband candidates for which the shape is
+        min_shape_events: minimum number of sideband candidates for which the shape is
             fitted.
         unit_weight: weight of one candidate, used for the zero-event bound.
         sample: sample name used in messages.
@@ -434,6 +434,12 @@ def estimate_from_sidebands(
     w_sb = w[in_sideband]
     yield_sb = float(w_sb.sum())
     variance_sb = float(np.sum(w_sb**2))
+    if n_raw and (np.any(w_sb < 0) or yield_sb <= 0):
+        raise ConfigError(
+            f"sideband weights of sample {sample!r} must be >= 0 with a positive "
+            f"sum, got sum {yield_sb:.4g} and minimum {float(w_sb.min()):.4g}; an "
+            "unbinned sideband fit cannot use negative weights"
+        )
 
     def ratio(params: Params) -> float:
         p_region = _region_probability(shape, region, params)

@@ -217,6 +217,15 @@ def test_few_sideband_events_use_uniform_shape() -> None:
     assert estimate.details["upper_limit"] == pytest.approx(7.9936 * ratio, rel=1e-4)
 
 
+def test_negative_sideband_weights_raise() -> None:
+    mass = np.array([1.40, 1.55, 2.00])
+    delta_e = np.array([-0.8, 0.3, -0.2])
+    with pytest.raises(ConfigError, match="negative weights"):
+        estimate_from_sidebands(
+            mass, delta_e, np.array([1.0, -2.0, 0.5]), REGION, Sidebands()
+        )
+
+
 def test_poisson_upper_limit_values() -> None:
     for n_observed in (0, 1, 2, 5):
         # The classical limit is the mean whose Poisson CDF at n is 1 - CL.
