@@ -94,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         os.execvp(command[0], command)
 
     start = time.time()
+    running: list[subprocess.Popen[bytes]] = []
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        if running:
+            running[0].send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     if args.status is not None:
         # Written before the payload starts, so that a restarted orchestrator
         # never takes a running job for a lost one.
@@ -103,26 +113,29 @@ def main(argv: list[str] | None = None) -> int:
         )
     out = open(args.out, "a") if args.out else None  # noqa: SIM115
     err = open(args.err, "a") if args.err else out  # noqa: SIM115
-    try:
-        proc = subprocess.Popen(
-            command, stdout=out, stderr=err, stdin=subprocess.DEVNULL
-        )
-    except OSError as exc:
-        if out is not None:
-            out.write(f"jobwrap: could not start {command[0]!r}: {exc.strerror}\n")
-        code, signal_name = 127, None
+    signal_name: str | None = None
+    code = 0
+    if received:
+        code = -received[0]
     else:
-
-        def forward(signum: int, _frame: object) -> None:
-            proc.send_signal(signum)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        code = proc.wait()
-        signal_name = None
-        if code < 0:
-            signal_name = signal.Signals(-code).name.removeprefix("SIG").title()
-            code = 128 - code
+        try:
+            running.append(
+                subprocess.Popen(
+                    command, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+                )
+            )
+        except OSError as exc:
+            if out is not None:
+                out.write(f"jobwrap: could not start {command[0]!r}: {exc.strerror}\n")
+            code = 127
+        else:
+            # A signal that arrived while the payload was starting.
+            if received:
+                running[0].send_signal(received[0])
+            code = running[0].wait()
+    if code < 0:
+        signal_name = signal.Signals(-code).name.removeprefix("SIG").title()
+        code = 128 - code
 
     if out is not None:
         out.flush()

@@ -109,6 +109,7 @@ class LocalBackend(BatchBackend):
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
+            _create_status(job.status_file, job.spec.name, job.proc.pid)
             log.debug(
                 "started local job %s (%s), pid %d", job_id, job.spec.name, job.proc.pid
             )
@@ -129,6 +130,9 @@ class LocalBackend(BatchBackend):
             )
         if state == "RUN" and _pid_alive(int(data.get("pid", 0))):
             return JobStatus(job_id, JobState.RUNNING, "RUN", None, name)
+        # NOTE: a wrapper killed while Python starts up (before its signal
+        # handlers exist) leaves RUN with a dead pid; the job then reads as
+        # not found and the orchestrator decides from its log.
         return JobStatus(job_id, JobState.NOT_FOUND, "", None, name)
 
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
@@ -156,7 +160,15 @@ class LocalBackend(BatchBackend):
                     job_id, JobState.RUNNING, "RUN", None, job.spec.name
                 )
             else:
-                result[job_id] = self._status_from_file(job_id, job.status_file)
+                status = self._status_from_file(job_id, job.status_file)
+                if status.state in (JobState.NOT_FOUND, JobState.RUNNING):
+                    # The wrapper died before it wrote its final state.
+                    code = job.proc.returncode
+                    code = 128 - code if code < 0 else code
+                    status = JobStatus(
+                        job_id, JobState.FAILED, "EXIT", code, job.spec.name
+                    )
+                result[job_id] = status
         return result
 
     def find_by_name(self, name: str) -> list[JobStatus]:
@@ -214,6 +226,21 @@ class LocalBackend(BatchBackend):
                         job.spec.name,
                         timeout_s,
                     )
+
+
+def _create_status(path: Path, name: str, pid: int) -> None:
+    """Write a first RUN state unless the wrapper already wrote its own.
+
+    Written right after the start, so that an orchestrator crash before the
+    wrapper writes its state never leaves a running job without a state file.
+    ``O_EXCL`` keeps a final state that a fast wrapper wrote first.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"name": name, "state": "RUN", "pid": pid}, handle)
 
 
 def _pid_alive(pid: int) -> bool:
