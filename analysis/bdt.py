@@ -211,7 +211,7 @@ class TrainedBDT:
         validation_auc: weighted AUC on the validation set (mean over folds
             with k-fold cross-validation).
         train_auc: weighted AUC on the training set of the same split.
-        n_trials_done: finished trials in the study (complete, pruned, failed).
+        n_trials_done: complete and pruned trials in the study.
         study: the optuna study, or None for a model read by :func:`load_model`.
     """
 
@@ -259,7 +259,7 @@ def train_bdt(
             of the same name resumes and counts its finished trials towards
             ``settings.n_trials``. None keeps the study in memory.
         progress: called as ``progress(trials_done, n_trials)`` after each
-            finished trial.
+            finished trial; ``trials_done`` counts complete and pruned trials.
 
     Returns:
         The trained BDT. With one validation split the model is retrained on
@@ -307,8 +307,8 @@ def train_bdt(
     )
     if not completed:
         raise PhysicsError(
-            f"bdt study {settings.study_name!r} has no completed trial after "
-            f"{_count_finished(study)} finished ones (pruned or failed); raise "
+            f"bdt study {settings.study_name!r} has no complete trial among its "
+            f"{len(study.trials)} trials (all pruned, failed or cut off); raise "
             "n_trials or timeout_s, or set pruner to 'none'"
         )
     best = study.best_trial
@@ -488,6 +488,25 @@ def load_model(path: Path, features: Sequence[str] | None = None) -> TrainedBDT:
     )
 
 
+def load_study(study_path: Path, study_name: str = "bdt") -> optuna.Study:
+    """Open a stored study, for example to draw its plots after training.
+
+    Raises:
+        InputFileError: the file does not exist or holds no study of that name.
+    """
+    study_path = Path(study_path)
+    if not study_path.is_file():
+        raise InputFileError(f"optuna study file {study_path} not found")
+    storage = _storage(study_path)
+    names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
+    if study_name not in names:
+        raise InputFileError(
+            f"optuna study {study_name!r} not found in {study_path}; it holds "
+            f"{names}.{did_you_mean(study_name, names)}"
+        )
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
 def weighted_auc(y: np.ndarray, score: np.ndarray, w: np.ndarray | None) -> float:
     """Return the weighted ROC AUC of ``score`` for labels ``y`` (1 = signal)."""
     from sklearn.metrics import roc_auc_score
@@ -660,10 +679,7 @@ def _open_study(
     if study_path is not None:
         study_path = Path(study_path)
         study_path.parent.mkdir(parents=True, exist_ok=True)
-        if study_path.suffix in _SQLITE_SUFFIXES:
-            storage = RDBStorage(f"sqlite:///{study_path.resolve()}")
-        else:
-            storage = JournalStorage(JournalFileBackend(str(study_path)))
+        storage = _storage(study_path)
 
     pruner: optuna.pruners.BasePruner = (
         optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=5 * REPORT_EVERY)
@@ -694,12 +710,16 @@ def _open_study(
     return study
 
 
+def _storage(study_path: Path) -> optuna.storages.BaseStorage:
+    if study_path.suffix in _SQLITE_SUFFIXES:
+        return RDBStorage(f"sqlite:///{study_path.resolve()}")
+    return JournalStorage(JournalFileBackend(str(study_path)))
+
+
 def _count_finished(study: optuna.Study) -> int:
-    states = (
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.PRUNED,
-        optuna.trial.TrialState.FAIL,
-    )
+    # Failed trials, and trials cut off by an interruption, are not counted,
+    # so a resumed study replaces them.
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
 
 
@@ -939,6 +959,7 @@ __all__ = [
     "fold_by_group",
     "library_versions",
     "load_model",
+    "load_study",
     "penalised_score",
     "predict",
     "save_model",

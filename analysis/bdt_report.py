@@ -250,7 +250,10 @@ def _plot_scores(
     axes.set_xlabel("BDT score (signal probability)")
     axes.set_ylabel("normalised entries / bin width")
     axes.set_yscale("log")
-    axes.legend(loc="upper center")
+    # Head room above the peaks keeps the legend off the histograms.
+    bottom, top = axes.get_ylim()
+    axes.set_ylim(bottom, top * 30)
+    axes.legend(loc="upper center", ncol=2, fontsize="small")
     axes.set_title("BDT score, train vs test")
     return figure
 

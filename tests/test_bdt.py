@@ -25,6 +25,7 @@ from analysis.bdt import (
     evaluate,
     fold_by_group,
     load_model,
+    load_study,
     penalised_score,
     predict,
     save_model,
@@ -478,3 +479,16 @@ def test_early_stopping_skips_overtrained_iterations() -> None:
     assert stopper.best_iteration == 0
     assert stopper.best_score == pytest.approx(0.79, abs=1e-12)
     assert stopped_at == 2
+
+
+def test_load_study_after_training(tmp_path: Path) -> None:
+    data = gaussian_sample(600, seed=2)
+    settings = BDTSettings(n_trials=2, seed=1, early_stopping_rounds=10)
+    study_path = tmp_path / "study.db"
+    train_bdt(data, FEATURES, settings=settings, study_path=study_path)
+    study = load_study(study_path)
+    assert len(study.trials) == 2
+    with pytest.raises(InputFileError, match="'bdf' not found"):
+        load_study(study_path, "bdf")
+    with pytest.raises(InputFileError, match="not found"):
+        load_study(tmp_path / "missing.db")
