@@ -176,8 +176,8 @@ def bin_array(name: str, value: ArrayLike, n_bins: int | None = None) -> FloatAr
         )
     if n_bins is not None and array.size != n_bins:
         raise ConfigError(
-            f"{name} has {array.size} bins but signal_reference has {n_bins}; "
-            "give every per-bin input the same number of bins."
+            f"{name} has length {array.size} but signal_reference has {n_bins} "
+            "bins; give every per-bin input one value per bin."
         )
     if not np.all(np.isfinite(array)) or np.any(array < 0):
         raise ConfigError(f"{name} is {value!r}: expected finite values >= 0.")
