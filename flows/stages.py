@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import polars as pl
 
 from analysis import background as bkg
@@ -95,6 +97,18 @@ def resolve_branch(variable: str, available: list[str], where: str) -> str:
             "not found." + did_you_mean(to_branch_name(variable), available)
         )
     return found
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Raise a logger's level to ERROR for the duration of a block."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _stage_dir(run_dir: Path, name: str) -> Path:
@@ -420,6 +434,10 @@ def train(
         validation_fraction=config.bdt.validation_fraction,
         balance_classes=config.bdt.balance_classes,
     )
+    # optuna logs each trial through its own stderr handler; send those lines
+    # through logging instead, so they reach the Prefect run logs.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
     model = bdt_mod.train_bdt(
         train_set,
         features,
@@ -575,10 +593,21 @@ def working_point(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
         )
     background = np.empty_like(cuts)
     n_mc = np.zeros_like(cuts)
-    for i, cut in enumerate(cuts):
-        estimate = _estimate(config, names, region, sidebands, data, mc, cut)[method]
-        background[i] = estimate.value
-        n_mc[i] = estimate.n_sideband
+    # One estimate per scan point: keep their per-call messages out of the log
+    # and report the scan as a whole instead.
+    with _quiet("analysis.background"):
+        for i, cut in enumerate(cuts):
+            estimate = _estimate(config, names, region, sidebands, data, mc, cut)
+            background[i] = estimate[method].value
+            n_mc[i] = estimate[method].n_sideband
+    log.info(
+        "background scan over %d BDT cuts (%s): %.3g events at the loosest cut, "
+        "%.3g at the tightest",
+        cuts.size,
+        method,
+        background[0],
+        background[-1],
+    )
     scan = fom.scan_cut(
         cuts,
         efficiency,

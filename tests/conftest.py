@@ -81,8 +81,15 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_file = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "prefect", "server", "start",
-            "--host", "127.0.0.1", "--port", str(port),
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
         ],
         env=env,
         stdout=log_file,
@@ -93,6 +100,10 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_healthy(url, proc, timeout_s=90)
         yield url
     finally:
+        # Send the logs still queued for the API before the server goes away.
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
         proc.terminate()
         try:
             proc.wait(timeout=20)
