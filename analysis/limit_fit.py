@@ -197,9 +197,9 @@ def _signal(
 def _profile_gamma(
     model: CountingModel, signal_yield: FloatArray, data: _Reduced
 ) -> tuple[FloatArray, NDArray[np.bool_]]:
-    """Return the shapesys factors that maximise L for fixed signal, and where
-    they lie inside their bounds.
+    """Profile the shapesys factors for a fixed signal yield ``t`` per bin.
 
+    Returns gamma, (n, n_bins), and a mask of where it lies inside its bounds.
     Setting d(-ln L)/d(gamma) to zero for ``nu = t + b gamma`` and the
     constraint Poisson(m | tau gamma) gives
     ``b (b + tau) gamma**2 + ((b + tau) t - b (n + m)) gamma - m t = 0``,
@@ -439,8 +439,8 @@ def fit(
             model, sub, x, step, gradient, point.nll[~done], free_columns, has_theta
         )
         params[active] = np.where(accepted[:, None], x_new, x)
-        # A dataset whose line search finds no decrease is at its optimum
-        # within rounding.
+        # A dataset whose line search finds no decrease counts as converged:
+        # no step along its Newton direction lowers -ln L.
         converged[active[~accepted]] = True
         active = active[accepted]
 
@@ -582,7 +582,7 @@ def _line_search(
 
 
 # ---------------------------------------------------------------------------
-# test statistic and toys
+# test statistic
 
 
 def qtilde(

@@ -1,6 +1,6 @@
 """Statistical model of the signal region: inputs, pyhf workspace, toy model.
 
-:class:`LimitInputs` holds the yields, the observation and the uncertainties;
+:class:`LimitInputs` contains the yields, the observation and the uncertainties;
 :func:`build_workspace` turns them into a pyhf JSON workspace and
 :func:`counting_model` into the same model for the vectorised toy fits.
 
@@ -54,7 +54,8 @@ class LimitInputs:
 
     Attributes:
         signal_reference: expected signal events at ``mu = 1``, usually from
-            :func:`signal_reference_yield`; 1 makes the POI the signal count.
+            :func:`analysis.limit.signal_reference_yield`. With 1 the POI is
+            the signal count.
         background: expected background events (>= 0).
         background_uncertainty: absolute uncertainty on the background in
             events; 0 means the background is known exactly. A nonzero value
@@ -75,6 +76,7 @@ class LimitInputs:
     Raises:
         ConfigError: a value is negative, not finite, of the wrong shape, or a
             systematic name is empty or used twice.
+        PhysicsError: no signal is expected in any bin.
     """
 
     signal_reference: BinValues
@@ -87,6 +89,10 @@ class LimitInputs:
     variance_fraction: float = 0.98
 
     def __post_init__(self) -> None:
+        n_bins = self._check_yields()
+        self._check_systematics(n_bins)
+
+    def _check_yields(self) -> int:
         signal = bin_array("signal_reference", self.signal_reference)
         n_bins = signal.size
         background = bin_array("background", self.background, n_bins)
@@ -99,6 +105,7 @@ class LimitInputs:
                 "expected, so no limit can be set. Check the efficiency, "
                 "luminosity and cross-section that produced it."
             )
+
         unconstrained = (uncertainty > 0) & (background == 0)
         if np.any(unconstrained):
             raise ConfigError(
@@ -107,6 +114,7 @@ class LimitInputs:
                 ": a Poisson-constrained background needs a nonzero estimate. "
                 "Pass the background estimate with its uncertainty, or 0 for both."
             )
+
         if self.observed is not None:
             counts = bin_array("observed", self.observed, n_bins)
             if np.any(counts != np.round(counts)):
@@ -114,6 +122,9 @@ class LimitInputs:
                     f"observed is {self.observed!r}: event counts must be "
                     "whole numbers."
                 )
+        return n_bins
+
+    def _check_systematics(self, n_bins: int) -> None:
         for group in ("signal_systematics", "normalisation_systematics"):
             for name, value in getattr(self, group).items():
                 _check_name(group, name)
@@ -122,6 +133,7 @@ class LimitInputs:
                         f"{group}[{name!r}] is {value!r}: expected a relative "
                         "uncertainty >= 0 (0.03 for 3%)."
                     )
+
         for name, toys in self.toy_variations.items():
             _check_name("toy_variations", name)
             array = np.asarray(toys, dtype=float)
@@ -140,6 +152,7 @@ class LimitInputs:
                 f"variance_fraction is {self.variance_fraction!r}: expected a "
                 "fraction in (0, 1], for example 0.98."
             )
+
         names = [
             *self.signal_systematics,
             *self.normalisation_systematics,
@@ -165,6 +178,12 @@ class LimitInputs:
 
 
 def bin_array(name: str, value: ArrayLike, n_bins: int | None = None) -> FloatArray:
+    """Convert a per-bin input to a 1-D float array, checking its length and sign.
+
+    Raises:
+        ConfigError: ``value`` is not a number or flat sequence, has another
+            length than ``n_bins``, or has negative or non-finite entries.
+    """
     try:
         array = np.atleast_1d(np.asarray(value, dtype=float))
     except (TypeError, ValueError) as err:
@@ -187,7 +206,9 @@ def bin_array(name: str, value: ArrayLike, n_bins: int | None = None) -> FloatAr
 def _check_name(group: str, name: object) -> None:
     reserved = {POI, BACKGROUND_MODIFIER}
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{group} has the name {name!r}: expected a non-empty text.")
+        raise ConfigError(
+            f"{group} has the name {name!r}: expected a non-empty string."
+        )
     if name in reserved:
         raise ConfigError(
             f"{group} uses the name {name!r}, which the workspace reserves for "
@@ -206,10 +227,11 @@ def reduce_toy_variations(
 
     Principal component analysis of the toys around their mean: the
     eigenvectors of the sample covariance, largest eigenvalue first, each
-    scaled to its 1-sigma size ``sqrt(eigenvalue)``. The fewest leading
-    components whose eigenvalues add up to ``variance_fraction`` of the total
-    variance are kept. Each component's largest entry is made positive, so
-    the output does not depend on the sign convention of the SVD.
+    scaled to its 1-sigma size ``sqrt(eigenvalue)``. It keeps the minimum
+    number of leading components whose eigenvalues add up to
+    ``variance_fraction`` of the total variance. Each component's largest
+    entry is made positive, so the output does not depend on the sign
+    convention of the SVD.
 
     NOTE: the toy mean is subtracted but not applied to the nominal signal;
     a nonzero mean is logged as a warning.
@@ -307,12 +329,15 @@ def _plan_modifiers(inputs: LimitInputs) -> _Modifiers:
 def default_poi_max(inputs: LimitInputs, cl: float = 0.90) -> float:
     """Estimate a POI scan range that contains the observed and expected limits.
 
-    Takes the larger of the observed count and the 99% quantile of the
-    background-only count (background raised by 2 sigma), its CLs limit for
-    zero background ``chi2.ppf(cl, 2 (n + 1)) / 2``, which bounds the CLs
-    limit for any background, or ``n - b + 4 sqrt(n + 1) + 3`` when that is
-    smaller at large counts; then adds 50% plus twice the signal uncertainty.
-    This is an estimate: :func:`upper_limit` raises when CLs does not cross
+    The estimate starts from a count ``n``: the larger of the observed count
+    and the 99% quantile of the background-only count, with the background
+    raised by 2 sigma. The CLs limit for ``n`` events and no background,
+    ``chi2.ppf(cl, 2 (n + 1)) / 2``, bounds the limit for any known
+    background. At large counts ``n - b_low + 4 sqrt(n + 1) + 3`` is smaller
+    and replaces it, with ``b_low`` the background lowered by 2 sigma. That
+    number of events times ``1.5 (1 + 2 sigma_signal)``, divided by the
+    expected signal, is the range. It is an estimate, so
+    :func:`analysis.limit.upper_limit` raises when CLs does not cross
     ``1 - cl`` inside the scan.
 
     Returns:
@@ -434,6 +459,11 @@ def build_workspace(inputs: LimitInputs, *, poi_upper: float | None = None) -> d
 
 
 def validate_workspace(spec: Mapping[str, Any]) -> pyhf.Workspace:
+    """Validate ``spec`` against pyhf's schema and return it as a Workspace.
+
+    Raises:
+        ConfigError: the workspace is invalid; pyhf's error is chained.
+    """
     try:
         return pyhf.Workspace(dict(spec))
     except pyhf.exceptions.InvalidSpecification as err:

@@ -1,13 +1,14 @@
 """Toy-based CLs for counting models of one or a few bins, vectorised.
 
 pyhf's ``ToyCalculator`` fits every pseudo-experiment (toy) with scipy in a
-Python loop, about 50 ms per toy, so 10,000 toys at 41 scan points would take
-hours. Here all toys of a scan point are fitted at once by
-:mod:`analysis.limit_fit`. Toys are generated as pyhf 0.7.6 generates them:
-the nuisance parameters are set to their conditional maximum-likelihood values
-in a fit to the observed data at the tested POI (s+b toys) or at POI 0
-(background-only toys), and both the counts and the auxiliary measurements
-are sampled.
+Python loop, tens of milliseconds per toy (bench/bench_limit.py), so 10,000
+toys at 41 scan points would take hours. Here all toys of a scan point are
+fitted at once by :mod:`analysis.limit_fit`.
+
+Toys are generated as pyhf 0.7.6 generates them. The nuisance parameters are
+set to their conditional maximum-likelihood values in a fit to the observed
+data, at the tested POI for s+b toys and at POI 0 for background-only toys.
+Both the counts and the auxiliary measurements are sampled.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 NORMAL_PERCENTILES = (2.27501319, 15.86552539, 50.0, 84.13447461, 97.72498681)
 
 # Test statistics closer than this to the observed value count as equal. The
-# fits converge to about 1e-9 in -ln L, so smaller differences are rounding,
-# and toys with the same counts as the observed data must tie with it.
+# fits stop when the predicted decrease of -ln L is below 1e-10, so smaller
+# differences of q~ are rounding. Toys with the same counts as the observed
+# data must tie with it.
 TIE_TOLERANCE = 1e-6
 
 
@@ -61,20 +63,26 @@ class ToyScan:
 
 
 @dataclass(frozen=True)
-class _Uniforms:
-    # Random numbers of a set of toys, reused at every POI value so that the
-    # toys of neighbouring scan points are strongly correlated (common random
-    # numbers) and the CLs curve is smooth.
+class ToyRandomNumbers:
+    """Random numbers of a set of toys, drawn once per scan.
+
+    Uniforms for the Poisson counts, standard normals for the Gaussian
+    auxiliary data. They are reused at every POI value, so the toys of neighbouring scan
+    points are strongly correlated (common random numbers) and the CLs curve
+    is smooth.
+    """
+
     main: FloatArray
     lognormal: FloatArray
     histosys: FloatArray
     shapesys: FloatArray
 
 
-def _draw_uniforms(
+def draw_random_numbers(
     model: CountingModel, n_toys: int, rng: np.random.Generator
-) -> _Uniforms:
-    return _Uniforms(
+) -> ToyRandomNumbers:
+    """Draw the random numbers of ``n_toys`` toys of ``model`` from ``rng``."""
+    return ToyRandomNumbers(
         main=rng.random((n_toys, model.n_bins)),
         lognormal=rng.standard_normal((n_toys, model.n_lognormal)),
         histosys=rng.standard_normal((n_toys, model.n_histosys)),
@@ -105,7 +113,7 @@ def poisson_quantile(uniform: FloatArray, rate: float) -> FloatArray:
 def generate_toys(
     model: CountingModel,
     generating: FitResult,
-    uniforms: _Uniforms,
+    uniforms: ToyRandomNumbers,
 ) -> ToyData:
     """Sample toys from the model at the parameters of a one-dataset fit.
 
@@ -243,8 +251,8 @@ def scan_cls(
     """
     sequence = np.random.SeedSequence(seed)
     background_rng, signal_rng = (np.random.default_rng(s) for s in sequence.spawn(2))
-    background_uniforms = _draw_uniforms(model, n_toys, background_rng)
-    signal_uniforms = _draw_uniforms(model, n_toys, signal_rng)
+    background_uniforms = draw_random_numbers(model, n_toys, background_rng)
+    signal_uniforms = draw_random_numbers(model, n_toys, signal_rng)
 
     observed_free = fit(model, observed)
     background_fit = fit(model, observed, mu_fixed=0.0)

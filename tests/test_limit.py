@@ -229,7 +229,7 @@ def test_qtilde_matches_pyhf_per_toy(make_inputs: object) -> None:
     generating = limit_fit.fit(
         model, limit_fit.ToyData.observed(model, counts), mu_fixed=mu_test
     )
-    uniforms = limit_toys._draw_uniforms(model, 12, np.random.default_rng(2))
+    uniforms = limit_toys.draw_random_numbers(model, 12, np.random.default_rng(2))
     toys = limit_toys.generate_toys(model, generating, uniforms)
     ours = limit_fit.qtilde(model, toys, mu_test)
 
@@ -246,8 +246,8 @@ def test_qtilde_matches_pyhf_per_toy(make_inputs: object) -> None:
             for d in limit_fit.to_pyhf_data(model, toys, pdf)
         ]
     )
-    # pyhf's scipy fits converge to about 1e-6 in -2 ln L; measured agreement
-    # is 5e-7, so 1e-4 leaves room without hiding a modelling difference.
+    # Measured agreement is 5e-7; 1e-4 leaves room for the convergence of
+    # pyhf's scipy fits.
     assert np.any(theirs > 0.5)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
@@ -295,8 +295,8 @@ def test_vectorised_cls_agrees_with_pyhf_toys() -> None:
         seed=6,
     )
     ours, clsb, clb = scan.cls_observed[1], scan.clsb_observed[1], scan.clb_observed[1]
-    # Binomial error of pyhf's estimate from our CLs+b and CLb (ours has
-    # 300 times more toys, so its error is negligible); 3 errors.
+    # Binomial error of pyhf's estimate, from our CLs+b and CLb. Ours has over
+    # 300 times more toys, so its own error is negligible. Allow 3 errors.
     relative = math.sqrt((1 - clsb) / (n_pyhf * clsb) + (1 - clb) / (n_pyhf * clb))
     assert pyhf_cls == pytest.approx(ours, rel=3 * relative)
 
