@@ -335,7 +335,7 @@ def default_poi_max(inputs: LimitInputs, cl: float = 0.90) -> float:
     ``chi2.ppf(cl, 2 (n + 1)) / 2``, bounds the limit for any known
     background. At large counts ``n - b_low + 4 sqrt(n + 1) + 3`` is smaller
     and replaces it, with ``b_low`` the background lowered by 2 sigma. That
-    number of events times ``1.5 (1 + 2 sigma_signal)``, divided by the
+    number of events times ``1.2 (1 + 2 sigma_signal)``, divided by the
     expected signal, is the range. It is an estimate, so
     :func:`analysis.limit.upper_limit` raises when CLs does not cross
     ``1 - cl`` inside the scan.
@@ -356,7 +356,7 @@ def default_poi_max(inputs: LimitInputs, cl: float = 0.90) -> float:
     for toys in inputs.toy_variations.values():
         relative.append(float(np.max(np.std(np.asarray(toys), axis=0))))
     sigma_s = math.sqrt(sum(r * r for r in relative))
-    return float(1.5 * events * (1 + 2 * sigma_s) / inputs.signal_total)
+    return float(1.2 * events * (1 + 2 * sigma_s) / inputs.signal_total)
 
 
 def build_workspace(inputs: LimitInputs, *, poi_upper: float | None = None) -> dict:
