@@ -12,9 +12,9 @@ while the train/validation AUC ratio stays at or below ``max_auc_ratio`` and
 equals the excess of the ratio above it otherwise.
 
 Weights: AUCs are weighted with the event weights. With ``balance_classes`` the
-signal weights are scaled so their sum equals the background's sum; because an
-AUC is unchanged when all weights of one class are scaled by the same factor,
-this changes the trees (through the loss) but not the AUC definition.
+signal weights are scaled so their sum equals the background's sum. An AUC is
+unchanged when all weights of one class are scaled by the same factor, so the
+scaling changes the trees (through the loss) but not the AUC definition.
 
 Models are stored as xgboost JSON beside a metadata JSON, never pickled.
 """
@@ -134,6 +134,7 @@ class BDTSettings:
         _check_int("n_threads", self.n_threads, minimum=1)
         _check_int("n_jobs", self.n_jobs, minimum=1)
         _check_int("early_stopping_rounds", self.early_stopping_rounds, minimum=1)
+
         if self.split_seed is not None:
             _check_int("split_seed", self.split_seed, minimum=0)
         if self.n_folds is not None:
@@ -263,7 +264,7 @@ def train_bdt(
 
     Returns:
         The trained BDT. With one validation split the model is retrained on
-        the training set with the best trial's parameters and tree count; with
+        the training set with the best trial's parameters and tree count. With
         k-fold cross-validation it is retrained on all rows with the mean tree
         count of the folds.
 
@@ -492,7 +493,7 @@ def load_study(study_path: Path, study_name: str = "bdt") -> optuna.Study:
     """Open a stored study, for example to draw its plots after training.
 
     Raises:
-        InputFileError: the file does not exist or holds no study of that name.
+        InputFileError: the file does not exist or contains no study of that name.
     """
     study_path = Path(study_path)
     if not study_path.is_file():
@@ -501,7 +502,7 @@ def load_study(study_path: Path, study_name: str = "bdt") -> optuna.Study:
     names = [summary.study_name for summary in optuna.get_all_study_summaries(storage)]
     if study_name not in names:
         raise InputFileError(
-            f"optuna study {study_name!r} not found in {study_path}; it holds "
+            f"optuna study {study_name!r} not found in {study_path}, which contains "
             f"{names}.{did_you_mean(study_name, names)}"
         )
     return optuna.load_study(study_name=study_name, storage=storage)

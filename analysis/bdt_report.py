@@ -217,6 +217,7 @@ def _plot_scores(
     axes = figure.add_subplot()
     edges = np.linspace(0.0, 1.0, _SCORE_BINS + 1)
     centres = 0.5 * (edges[1:] + edges[:-1])
+
     for value, name, colour in (
         (1, "signal", "tab:blue"),
         (0, "background", "tab:red"),
@@ -234,6 +235,8 @@ def _plot_scores(
             color=colour,
             label=f"{name} train",
         )
+
+        # Test points: normalised like density=True, errors from sum of w^2.
         test_w = np.ones(test_mask.sum()) if w_test is None else w_test[test_mask]
         counts, _ = np.histogram(s_test[test_mask], bins=edges, weights=test_w)
         sumw2, _ = np.histogram(s_test[test_mask], bins=edges, weights=test_w**2)
@@ -247,6 +250,7 @@ def _plot_scores(
             color=colour,
             label=f"{name} test (KS p = {ks.pvalue:.3f})",
         )
+
     axes.set_xlabel("BDT score (signal probability)")
     axes.set_ylabel("normalised entries / bin width")
     axes.set_yscale("log")
@@ -317,7 +321,7 @@ def _plot_param_importance(study: optuna.Study) -> Figure:
         )
     except (RuntimeError, ValueError) as err:
         # optuna raises when fewer than two complete trials or no varied
-        # parameter are available; the figure then says so.
+        # parameter are available, and the figure then shows that.
         log.warning("bdt parameter importances not computed: %s", err)
         importances = {}
     if not importances:
