@@ -34,7 +34,7 @@ from analysis import bdt as bdt_mod
 from analysis import fom, limit
 from analysis import signal_region as sr
 from analysis.config import AnalysisConfig, Sample, expand_files
-from analysis.errors import ConfigError, MissingBranchError, PhysicsError
+from analysis.errors import AnalysisError, ConfigError, MissingBranchError, PhysicsError
 from analysis.naming import find_branch, to_branch_name
 from analysis.ntuple import tree_branches
 from analysis.outputs import write_json, write_text
@@ -193,7 +193,10 @@ def preselection(
             if progress is not None:
                 progress(offset + files_done, total_files)
 
-        table, steps = select_sample(spec, progress=report)
+        try:
+            table, steps = select_sample(spec, progress=report)
+        except AnalysisError as err:
+            raise type(err)(f"sample {sample.name!r}: {err}") from err
         done += len(files[sample.name])
         if config.best_candidate is not None:
             bc = config.best_candidate

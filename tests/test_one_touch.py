@@ -287,5 +287,7 @@ def test_config_error_fails_without_retry(
     assert _stage_names(runs) == {"preselection"}
     only = next(iter(runs.values()))
     assert only.run_count == 1, "a cut error is not retried"
-    with pytest.raises(Exception, match="muonIDD"):
+    with pytest.raises(
+        Exception, match=r"(?s)stage 'preselection'.*sample 'signal'.*muonIDD"
+    ):
         state.result()
