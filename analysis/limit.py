@@ -1,10 +1,10 @@
 """CLs upper limit on the signal yield and the branching fraction, with pyhf.
 
 The statistical model (:mod:`analysis.limit_model`) is a counting experiment
-in the signal region (one bin, or a few bins): the signal yield ``mu *
-signal_reference`` with ``mu`` the parameter of interest (POI), a background
-with its uncertainty, and the systematic uncertainties on the signal as
-modifiers. The limit comes from a scan of CLs over ``mu`` with the test
+in the signal region, with one bin or a few bins. The signal yield is ``mu *
+signal_reference``, with ``mu`` the parameter of interest (POI). The
+background has its uncertainty, and the systematic uncertainties on the
+signal are modifiers. The limit comes from a scan of CLs over ``mu`` with the test
 statistic q~_mu, either from toys (:mod:`analysis.limit_toys`, the default) or
 from pyhf's asymptotic formulae.
 
@@ -62,7 +62,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FB_PER_NB = 1e6
-# Fewer toys per point cannot resolve CLs near 0.1.
+# With fewer toys per point, CLs+b at the crossing (about 0.1 CLb) would rest
+# on ten toys or fewer.
 MIN_TOYS = 100
 
 Calculator = Literal["toybased", "asymptotic"]

@@ -9,9 +9,7 @@ The reference, measured in the same run, is pyhf 0.7.6's own ToyCalculator at
 one POI value on ``--pyhf-toys`` toys, scaled per toy and scan point:
 ``ratio = (pyhf seconds per toy and point) / (ours per toy and point)``.
 Both timings include both hypotheses (s+b and background-only toys). Both
-run with one BLAS thread, so the ratio compares one core with one core; with
-OpenBLAS's default of one thread per core, pyhf's small fits spend CPU time
-in idle BLAS threads.
+run with one BLAS thread, so the ratio compares one core with one core.
 
 Run from the repository root::
 
@@ -71,13 +69,26 @@ def cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--toys", type=int, default=10_000, help="toys per point")
-    parser.add_argument("--points", type=int, default=41, help="scan points")
-    parser.add_argument("--repeat", type=int, default=3, help="timed limits")
     parser.add_argument(
-        "--pyhf-toys", type=int, default=40, help="toys for pyhf's calculator"
+        "--toys", type=int, default=10_000, help="toys per hypothesis and scan point"
     )
-    parser.add_argument("--out", type=Path, help="JSON file for the measurements")
+    parser.add_argument(
+        "--points", type=int, default=41, help="scan points, including mu = 0"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed limits; the median is reported"
+    )
+    parser.add_argument(
+        "--pyhf-toys",
+        type=int,
+        default=40,
+        help="toys per hypothesis for pyhf's calculator at one POI value",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="write the measurements as JSON here instead of printing them",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with threadpool_limits(limits=1):
