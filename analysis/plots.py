@@ -20,6 +20,21 @@ from analysis.outputs import atomic_path
 KIND_COLOURS = {"signal": "#d62728", "background": "#1f77b4", "data": "black"}
 
 
+def axis_label(variable: str) -> str:
+    """Return the basf2 name of a branch with its unit, when the name tells it.
+
+    Masses, energies and momenta are in GeV and squared masses in GeV^2, as
+    basf2 writes them.
+    """
+    name = to_variable_name(variable)
+    if "Mass2" in name or name in ("M2", "m2Recoil"):
+        return f"{name} [GeV$^2$]"
+    energy_like = ("Momentum", "Energy", "deltaE", "Mbc", "(p)", ", p)", "(E)")
+    if name in ("M", "E", "p", "pt", "InvM") or any(t in name for t in energy_like):
+        return f"{name} [GeV]"
+    return name
+
+
 def plot_input_variables(
     tables: Mapping[str, pl.DataFrame],
     kinds: Mapping[str, str],
@@ -75,7 +90,7 @@ def plot_input_variables(
                 color=KIND_COLOURS.get(kind, "grey"),
                 label=kind,
             )
-        ax.set_xlabel(to_variable_name(variable))
+        ax.set_xlabel(axis_label(variable))
         ax.set_ylabel("fraction of candidates")
         ax.legend(frameon=False, fontsize=8)
     for ax in axes_list[n:]:

@@ -158,3 +158,12 @@ def test_real_belle2_ntuple_cutflow(shared_data: Path, tmp_path: Path) -> None:
         assert skim.height == rows[(sample, "best candidate")]["candidates"]
     assert (tmp_path / "preselection" / "cutflow.csv").is_file()
     assert (tmp_path / "preselection" / "inputs.png").stat().st_size > 10_000
+
+
+def test_axis_labels_state_units() -> None:
+    from analysis.plots import axis_label
+
+    assert axis_label("M") == "M [GeV]"
+    assert axis_label("useCMSFrame__bop__bc") == "useCMSFrame(p) [GeV]"
+    assert axis_label("missingMass2OfEvent") == "missingMass2OfEvent [GeV$^2$]"
+    assert axis_label("thrust") == "thrust"
