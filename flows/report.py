@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import platform
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,20 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def _cutflow_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| sample | step | candidates | events | weighted | eff. total |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['sample']} | {row['step']} | {row['candidates']} | "
+            f"{row['events']} | {_fmt(row['weighted_candidates'])} | "
+            f"{_fmt(row['eff_total'], 3)} |"
+        )
+    return "\n".join(lines)
 
 
 def _rel(path: str | None, run_dir: Path) -> str:
@@ -84,6 +99,24 @@ def write_results(path: Path, results: dict[str, Any]) -> Path:
     return write_json(path, results)
 
 
+def describe_region(region: dict[str, Any]) -> str:
+    """Describe a signal region in words, with units."""
+    if region.get("kind") == "ellipse":
+        (m0, de0), (a, b) = region["center"], region["semi_axes"]
+        angle = math.degrees(region["angle"])
+        return (
+            f"{_fmt(region['n_sigma'], 3)} sigma ellipse centred at "
+            f"M = {m0:.4f} GeV, Delta E = {de0 * 1e3:.1f} MeV, semi-axes "
+            f"{a * 1e3:.1f} MeV and {b * 1e3:.1f} MeV, rotated by {angle:.1f} deg"
+        )
+    if region.get("kind") == "interval":
+        return (
+            f"{_fmt(region['n_sigma'], 3)} sigma window "
+            f"{region['low']:.4f} < M < {region['high']:.4f} GeV"
+        )
+    return str(region)
+
+
 def render_report(results: dict[str, Any], run_dir: Path) -> str:
     """Render report.md: the headline limit, then one section per stage."""
     limit = results["limit"]
@@ -120,15 +153,13 @@ def render_report(results: dict[str, Any], run_dir: Path) -> str:
         "",
         "## 1. Preselection",
         "",
-        "See `preselection/cutflow.md`.",
+        _cutflow_markdown(results["cutflow"]),
         "",
         "![input variables](preselection/inputs.png)",
         "",
         "## 2. Signal shape and signal region",
         "",
-        "```",
-        str(results["signal_region"]),
-        "```",
+        describe_region(results["signal_region"]) + ".",
         "",
         "![signal fit](signal_region/signal_fit.png)",
         "![signal region](signal_region/signal_region.png)",
@@ -148,6 +179,13 @@ def render_report(results: dict[str, Any], run_dir: Path) -> str:
             "| AUC test of the input's own classifier | "
             f"{_fmt(bdt['reference_auc_test'])} |"
         )
+    params = results["bdt"].get("best_params", {})
+    lines += [
+        "",
+        "Best parameters: "
+        + ", ".join(f"{k} = {_fmt(v, 3)}" for k, v in params.items())
+        + ".",
+    ]
     lines += [
         "",
         "![ROC](evaluation/roc.png)",
