@@ -25,6 +25,14 @@ from tests.lsf_emulator.harness import emulator, toy_payload
 
 PROJECT = Path(__file__).resolve().parents[1]
 
+# flows/__init__.py routes the ``analysis`` loggers to the Prefect API. These
+# tests run the production code outside a flow run, where Prefect warns that
+# it drops those records instead of sending them.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Logger 'analysis[.a-z_]*' attempted to send logs to the API without "
+    "a flow run id:UserWarning"
+)
+
 
 @pytest.fixture
 def emu(tmp_path: Path) -> Iterator[Path]:

@@ -135,7 +135,11 @@ class SampleConfig(_Strict):
 
 
 class ProductionConfig(_Strict):
-    """A whole production run."""
+    """A whole production run.
+
+    ``verify_outputs: false`` makes a job count as done on its batch state
+    alone, for payloads that write no ROOT file (benchmarks).
+    """
 
     name: str
     run_dir: Path
@@ -148,6 +152,7 @@ class ProductionConfig(_Strict):
     array_limit: int | None = Field(default=None, ge=1)
     array_max_size: int = Field(default=1000, ge=1)
     job_wrapper: bool = True
+    verify_outputs: bool = True
     lsf: LsfSettings = Field(default_factory=LsfSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     poll: PollSettings = Field(default_factory=PollSettings)

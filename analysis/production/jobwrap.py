@@ -6,9 +6,9 @@ Two uses:
   in the spec (for an array, the element chosen by ``$LSB_JOBINDEX``). The
   argv never passes through a shell, whatever LSF does with the command line.
 - ``jobwrap.py --status FILE --out LOG --err LOG --report -- ARGV...`` is the
-  ``local`` backend's job: it runs ARGV with its output in the logs, appends a
-  job report in LSF's wording to the ``--out`` log and writes its state to
-  FILE (JSON), so that a restarted orchestrator can read the outcome.
+  ``local`` backend's job. It runs ARGV with its output in the logs and appends
+  a job report in LSF's wording to the ``--out`` log. It also writes its state
+  to FILE (JSON), so that a restarted orchestrator can read the outcome.
 """
 
 from __future__ import annotations

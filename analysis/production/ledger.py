@@ -9,14 +9,15 @@ name before it submits anything, so no job is submitted twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ CREATE TABLE IF NOT EXISTS submissions (
     started_at REAL NOT NULL,
     confirmed_at REAL
 );
+CREATE INDEX IF NOT EXISTS submissions_job ON submissions (job, seq);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL,
@@ -107,7 +110,7 @@ class JobRecord:
         argv: payload argv.
         submitted_at: Unix time of the current submission.
         unknown_since: Unix time since which the job is UNKWN or ZOMBI.
-        not_found_since: Unix time since which bjobs no longer knows the job.
+        not_found_since: Unix time since which bjobs no longer reports the job.
     """
 
     name: str
@@ -127,6 +130,17 @@ class JobRecord:
     outputs: list[Path]
     argv: list[str]
     submitted_at: float | None
+    unknown_since: float | None
+    not_found_since: float | None
+
+
+class TrackedJob(NamedTuple):
+    """Columns of an active job that the poll loop compares with bjobs."""
+
+    name: str
+    state: str
+    job_id: str | None
+    stat: str | None
     unknown_since: float | None
     not_found_since: float | None
 
@@ -168,6 +182,9 @@ class Ledger:
         self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # WAL with synchronous=NORMAL survives a crash of this process; a power
+        # loss may drop the last commits, which the lookup by name covers.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -183,7 +200,25 @@ class Ledger:
     def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._conn.execute(sql, params)
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group every write of the block into one transaction (one commit)."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
     def _transaction(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        if self._conn.in_transaction:
+            for sql, params in statements:
+                self._conn.execute(sql, params)
+            return
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in statements:
@@ -224,20 +259,40 @@ class Ledger:
         )
         return self.count() - before
 
-    def count(self) -> int:
-        """Return the number of jobs in the ledger."""
-        (count,) = self._conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
-        return int(count)
-
-    def jobs(self, states: Iterable[str] | None = None) -> list[JobRecord]:
-        """Return jobs, all or those in ``states``, ordered by sample and index."""
-        query = "SELECT * FROM jobs"
+    def count(self, states: Iterable[str] | None = None) -> int:
+        """Return the number of jobs, all or those in ``states``."""
+        query = "SELECT COUNT(*) FROM jobs"
         params: list[str] = []
         if states is not None:
             params = list(states)
             query += f" WHERE state IN ({','.join('?' * len(params))})"
-        rows = self._conn.execute(query + " ORDER BY sample, idx", params)
-        return [_record(row) for row in rows]
+        (count,) = self._conn.execute(query, params).fetchone()
+        return int(count)
+
+    def jobs(
+        self, states: Iterable[str] | None = None, limit: int | None = None
+    ) -> list[JobRecord]:
+        """Return jobs, all or those in ``states``, ordered by sample and index."""
+        query = "SELECT * FROM jobs"
+        params: list[Any] = []
+        if states is not None:
+            params = list(states)
+            query += f" WHERE state IN ({','.join('?' * len(params))})"
+        query += " ORDER BY sample, idx"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        return [_record(row) for row in self._conn.execute(query, params)]
+
+    def tracked(self) -> list[TrackedJob]:
+        """Return the few columns the poll loop reads, for every active job."""
+        placeholders = ",".join("?" * len(ACTIVE))
+        rows = self._conn.execute(
+            "SELECT name, state, job_id, stat, unknown_since, not_found_since "
+            f"FROM jobs WHERE state IN ({placeholders})",
+            sorted(ACTIVE),
+        )
+        return [TrackedJob(*row) for row in rows]
 
     def job(self, name: str) -> JobRecord:
         """Return the job called ``name``.

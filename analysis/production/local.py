@@ -130,9 +130,9 @@ class LocalBackend(BatchBackend):
             )
         if state == "RUN" and _pid_alive(int(data.get("pid", 0))):
             return JobStatus(job_id, JobState.RUNNING, "RUN", None, name)
-        # NOTE: a wrapper killed while Python starts up (before its signal
-        # handlers exist) leaves RUN with a dead pid; the job then reads as
-        # not found and the orchestrator decides from its log.
+        # NOTE: a wrapper killed while Python starts up, before its signal
+        # handlers exist, leaves RUN with a dead pid. The job then reads as not
+        # found, and the orchestrator decides its outcome from the log.
         return JobStatus(job_id, JobState.NOT_FOUND, "", None, name)
 
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:

@@ -16,7 +16,7 @@ import uproot
 
 
 def main() -> int:
-    """Write the ntuple or fail as the options say; return the exit code."""
+    """Write the ntuple or fail as the options request; return the exit code."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--output", required=True)
     parser.add_argument("--tree", default="tau3mu")
