@@ -503,23 +503,24 @@ def plot_cls_scan(
     result: LimitResult,
     path: Path,
     poi_label: str = "signal events",
-    poi_scale: float | None = None,
+    poi_scale: float = 1.0,
 ) -> Path:
     """Plot CLs against the POI with the expected 1 and 2 sigma bands (PNG).
+
+    The x axis shows ``mu * poi_scale``. The default label fits
+    ``signal_reference = 1``, where ``mu`` is the signal count.
 
     Args:
         result: a limit with its scan.
         path: PNG file to write, atomically.
         poi_label: x-axis label, with its unit.
-        poi_scale: factor from ``mu`` to the x axis; by default
-            ``result.signal_reference``, which puts signal events on the x
-            axis. Pass ``B_ref`` to plot the branching fraction, or 1 for mu.
+        poi_scale: factor from ``mu`` to the x axis: ``result.signal_reference``
+            for signal events, or ``B_ref`` for the branching fraction.
 
     Returns:
         The path written.
     """
-    scale = result.signal_reference if poi_scale is None else poi_scale
-    x = np.asarray(result.poi_values) * scale
+    x = np.asarray(result.poi_values) * poi_scale
     expected = np.asarray(result.cls_expected)
     level = 1 - result.cl
 

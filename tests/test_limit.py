@@ -488,7 +488,11 @@ def test_progress_reports_every_point() -> None:
 
 def test_plot_cls_scan_writes_png(tmp_path: Path) -> None:
     result = limit.upper_limit(realistic_inputs(), n_toys=300, seed=1)
-    path = limit.plot_cls_scan(result, tmp_path / "plots" / "cls.png")
+    path = limit.plot_cls_scan(
+        result,
+        tmp_path / "plots" / "cls.png",
+        poi_scale=result.signal_reference,
+    )
 
     pixels = image.imread(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
