@@ -646,6 +646,38 @@ def working_point(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+def _scan_limit(
+    inputs: limit.LimitInputs, lim: Any, progress: Progress | None
+) -> limit.LimitResult:
+    """Run the CLs scan, widening the POI range until every limit is inside it.
+
+    The first range is the limit module's estimate; it can be too short when
+    the expected +2 sigma limit lies far out, so the range doubles up to three
+    times. The seed is the same each time, so the result does not depend on
+    how many attempts it took except through the scan grid.
+    """
+    poi_max = limit.default_poi_max(inputs, lim.cl)
+    for attempt in range(4):
+        try:
+            return limit.upper_limit(
+                inputs,
+                cl=lim.cl,
+                calculator=lim.calculator,
+                n_toys=lim.n_toys,
+                seed=lim.seed,
+                poi_max=poi_max,
+                progress=progress,
+            )
+        except PhysicsError as err:
+            # upper_limit raises PhysicsError naming poi_max when CLs does not
+            # cross 1 - CL inside the scan; other physics errors are final.
+            if "poi_max" not in str(err) or attempt == 3:
+                raise
+            log.warning("%s; widening the scan to mu <= %.3g", err, 2 * poi_max)
+            poi_max *= 2
+    raise AssertionError("unreachable")
+
+
 def upper_limit(
     config: AnalysisConfig,
     run_dir: Path,
@@ -695,14 +727,7 @@ def upper_limit(
     )
     spec = limit.build_workspace(inputs)
     workspace = limit.write_workspace(spec, out / "workspace.json")
-    result = limit.upper_limit(
-        inputs,
-        cl=lim.cl,
-        calculator=lim.calculator,
-        n_toys=lim.n_toys,
-        seed=lim.seed,
-        progress=progress,
-    )
+    result = _scan_limit(inputs, lim, progress)
     label = "B / B_ref" if has_lumi else "signal events"
     plot = limit.plot_cls_scan(result, out / "cls_scan.png", poi_label=label)
 
