@@ -14,7 +14,9 @@ luminosity, a fixed weight from the config, or 1.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from analysis.cuts import Cut, parse_cut, parse_expression
-from analysis.errors import CutError, PhysicsError
+from analysis.errors import ConfigError, CutError, PhysicsError
 from analysis.ntuple import EVENT_BRANCHES, iterate_tree, tree_branches
 from analysis.outputs import atomic_path
 from analysis.split import _splitmix64, event_ids
@@ -78,7 +80,13 @@ class _EventCounter:
 
 @dataclass
 class SampleSelection:
-    """What to read from one sample and how to select it."""
+    """What to read from one sample and how to select it.
+
+    Attributes:
+        workers: number of worker processes that read files in parallel;
+            1 reads every file in the calling process. The result does not
+            depend on the number of workers.
+    """
 
     name: str
     files: Sequence[Path]
@@ -89,6 +97,32 @@ class SampleSelection:
     selection: str | None = None
     step_size: str | int = "64 MB"
     salt: int = 0
+    workers: int = 1
+
+
+@dataclass
+class FileSelection:
+    """Preselection result of one input file: counts per step and survivors.
+
+    The lists have one entry per step (``input``, the sample selection if any,
+    then each cut). Events are counted within the file, so the results of a
+    sample's files add up to the sample's cut-flow.
+    """
+
+    table: pl.DataFrame
+    candidates: list[int]
+    events: list[int]
+    weighted_candidates: list[float]
+    weighted_events: list[float]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Parsed steps and the branches to read, shared by every file."""
+
+    steps: list[tuple[str, str, Cut | None]]
+    branches: list[str]
+    columns: list[str]
 
 
 def compile_cuts(
@@ -109,28 +143,7 @@ def compile_cuts(
     return compiled
 
 
-def select_sample(
-    spec: SampleSelection,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[pl.DataFrame, list[CutFlowStep]]:
-    """Apply the preselection to one sample, chunk by chunk.
-
-    Args:
-        spec: files, tree, named cuts, branches to keep and the weight scale.
-        progress: called as ``progress(files_done, files_total)``.
-
-    Returns:
-        The surviving candidates (columns ``keep`` plus ``event_id``,
-        ``weight``, ``sample``) and the cut-flow steps, starting with
-        ``input`` (and ``sample selection`` when the sample has one).
-
-    Raises:
-        InputFileError: a file cannot be read; see :mod:`analysis.ntuple`.
-        CutError: a cut is invalid or names an unknown branch.
-    """
-    if not spec.files:
-        raise PhysicsError(f"sample {spec.name!r} has no input files")
-    available = tree_branches(spec.files[0], spec.tree)
+def _plan(spec: SampleSelection, available: Sequence[str]) -> _Plan:
     steps: list[tuple[str, str, Cut | None]] = [("input", "", None)]
     if spec.selection:
         steps.append(
@@ -144,45 +157,178 @@ def select_sample(
         if step_cut is not None:
             needed |= set(step_cut.variables)
     needed |= {b for b in (*EVENT_BRANCHES, WEIGHT_BRANCH) if b in available}
-    branches = sorted(needed)
+    columns = list(dict.fromkeys([*spec.keep, "event_id", "weight"]))
+    return _Plan(steps, sorted(needed), columns)
 
-    flow = [CutFlowStep(spec.name, name, text) for name, text, _ in steps]
-    counters = [_EventCounter() for _ in steps]
+
+def select_file(
+    spec: SampleSelection, file_index: int, available: Sequence[str]
+) -> FileSelection:
+    """Apply the preselection to one file of a sample, chunk by chunk.
+
+    Only one chunk of ``spec.step_size`` bytes of the needed branches is in
+    memory at a time, besides the surviving candidates.
+
+    Args:
+        spec: the sample; ``spec.files[file_index]`` is read.
+        file_index: position of the file in the sample, mixed into event ids.
+        available: branch names the cuts are resolved against (those of the
+            sample's first file).
+
+    Raises:
+        InputFileError: the file cannot be read; see :mod:`analysis.ntuple`.
+        CutError: a cut is invalid or names an unknown branch.
+    """
+    plan = _plan(spec, available)
+    path = spec.files[file_index]
+    cuts = [(i, cut) for i, (_, _, cut) in enumerate(plan.steps) if cut is not None]
+    n_steps = len(plan.steps)
+    candidates = [0] * n_steps
+    weighted = [0.0] * n_steps
+    counters = [_EventCounter() for _ in plan.steps]
     kept: list[pl.DataFrame] = []
+    row_offset = 0
 
-    for file_index, path in enumerate(spec.files):
-        row_offset = 0
-        for counter in counters:
-            counter.last_id = None
-        for chunk in iterate_tree(path, spec.tree, branches, spec.step_size):
-            chunk = _with_ids_and_weights(
-                chunk, spec.salt * 1_000_003 + file_index, row_offset, spec.scale
-            )
-            row_offset += chunk.height
-            for i, (_, _, step_cut) in enumerate(steps):
-                if step_cut is not None:
-                    chunk = chunk.filter(step_cut.expr())
-                weights = chunk["weight"].to_numpy()
-                flow[i].candidates += chunk.height
-                flow[i].weighted_candidates += float(weights.sum())
-                counters[i].add(chunk["event_id"].to_numpy(), weights)
-            columns = [*spec.keep, "event_id", "weight"]
-            kept.append(chunk.select(list(dict.fromkeys(columns))))
-        if progress is not None:
-            progress(file_index + 1, len(spec.files))
-        log.debug("%s: read %s", spec.name, path)
+    for chunk in iterate_tree(path, spec.tree, plan.branches, spec.step_size):
+        chunk = _with_ids_and_weights(
+            chunk, spec.salt * 1_000_003 + file_index, row_offset, spec.scale
+        )
+        row_offset += chunk.height
+        # Every cut is evaluated on the whole chunk in one pass, and each step
+        # then narrows the rows of the step before: no table is copied.
+        masks: list[np.ndarray | None] = [None] * n_steps
+        if cuts:
+            evaluated = chunk.select([cut.expr().alias(f"_cut{i}") for i, cut in cuts])
+            for i, _ in cuts:
+                masks[i] = evaluated[f"_cut{i}"].to_numpy()
+        ids = chunk["event_id"].to_numpy()
+        weights = chunk["weight"].to_numpy()
+        rows: np.ndarray | None = None
+        for i, mask in enumerate(masks):
+            if mask is not None:
+                rows = np.flatnonzero(mask) if rows is None else rows[mask[rows]]
+            step_ids = ids if rows is None else ids[rows]
+            step_weights = weights if rows is None else weights[rows]
+            candidates[i] += step_ids.size
+            weighted[i] += float(step_weights.sum())
+            counters[i].add(step_ids, step_weights)
+        survivors = chunk.select(plan.columns)
+        kept.append(survivors if rows is None else survivors[rows])
 
-    for step, counter in zip(flow, counters, strict=True):
-        step.events = counter.events
-        step.weighted_events = counter.weighted
-    table = pl.concat(kept, how="vertical").with_columns(sample=pl.lit(spec.name))
+    log.debug("%s: read %s", spec.name, path)
+    return FileSelection(
+        table=pl.concat(kept, how="vertical"),
+        candidates=candidates,
+        events=[c.events for c in counters],
+        weighted_candidates=weighted,
+        weighted_events=[c.weighted for c in counters],
+    )
+
+
+def select_sample(
+    spec: SampleSelection,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[pl.DataFrame, list[CutFlowStep]]:
+    """Apply the preselection to one sample, file by file and chunk by chunk.
+
+    With ``spec.workers > 1`` the files are read by that many worker
+    processes. Each file's counts are added in file order, so the cut-flow
+    and the table are identical for any number of workers.
+
+    Args:
+        spec: files, tree, named cuts, branches to keep and the weight scale.
+        progress: called as ``progress(files_done, files_total)``.
+
+    Returns:
+        The surviving candidates (columns ``keep`` plus ``event_id``,
+        ``weight``, ``sample``) in file order, and the cut-flow steps,
+        starting with ``input`` (and ``sample selection`` when the sample has
+        one).
+
+    Raises:
+        InputFileError: a file cannot be read; see :mod:`analysis.ntuple`.
+        CutError: a cut is invalid or names an unknown branch.
+        PhysicsError: the sample has no input files.
+        ConfigError: ``spec.workers`` is below 1.
+    """
+    if not spec.files:
+        raise PhysicsError(f"sample {spec.name!r} has no input files")
+    if spec.workers < 1:
+        raise ConfigError(
+            f"sample {spec.name!r}: workers must be at least 1, got {spec.workers}"
+        )
+    available = tree_branches(spec.files[0], spec.tree)
+    plan = _plan(spec, available)
+    workers = min(spec.workers, len(spec.files))
+    if workers == 1:
+        results = _select_in_process(spec, available, progress)
+    else:
+        results = _select_in_workers(spec, available, workers, progress)
+
+    flow = [CutFlowStep(spec.name, name, text) for name, text, _ in plan.steps]
+    for result in results:
+        for i, step in enumerate(flow):
+            step.candidates += result.candidates[i]
+            step.events += result.events[i]
+            step.weighted_candidates += result.weighted_candidates[i]
+            step.weighted_events += result.weighted_events[i]
+    table = pl.concat([r.table for r in results], how="vertical").with_columns(
+        sample=pl.lit(spec.name)
+    )
     log.info(
-        "%s: %d of %d candidates pass the preselection",
+        "%s: %d of %d candidates in %d files pass the preselection",
         spec.name,
         flow[-1].candidates,
         flow[0].candidates,
+        len(spec.files),
     )
     return table, flow
+
+
+def _select_in_process(
+    spec: SampleSelection,
+    available: Sequence[str],
+    progress: Callable[[int, int], None] | None,
+) -> list[FileSelection]:
+    results = []
+    for file_index in range(len(spec.files)):
+        results.append(select_file(spec, file_index, available))
+        if progress is not None:
+            progress(file_index + 1, len(spec.files))
+    return results
+
+
+def _select_in_workers(
+    spec: SampleSelection,
+    available: Sequence[str],
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> list[FileSelection]:
+    # "spawn" because forking a process that runs polars' thread pool can
+    # deadlock the child.
+    context = multiprocessing.get_context("spawn")
+    log.info(
+        "%s: reading %d files with %d worker processes",
+        spec.name,
+        len(spec.files),
+        workers,
+    )
+    results: list[FileSelection | None] = [None] * len(spec.files)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {
+            pool.submit(select_file, spec, index, list(available)): index
+            for index in range(len(spec.files))
+        }
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                results[futures[future]] = future.result()
+                if progress is not None:
+                    progress(done, len(spec.files))
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return [r for r in results if r is not None]
 
 
 def _with_ids_and_weights(
