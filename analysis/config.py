@@ -200,6 +200,32 @@ class LimitConfig(_Strict):
         return value
 
 
+STEP_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|kB|KB|MB|GB|KiB|MiB|GiB)\s*$")
+
+
+class ReadingConfig(_Strict):
+    """How the ntuples are read: chunk size and worker processes."""
+
+    workers: int = Field(
+        default=1, ge=1, description="worker processes, each reading whole files"
+    )
+    step_size: str | Annotated[int, Field(gt=0)] = Field(
+        default="64 MB",
+        description="chunk size: bytes with a unit ('64 MB') or a number of entries",
+    )
+
+    @field_validator("step_size")
+    @classmethod
+    def _check_step_size(cls, value: str | int) -> str | int:
+        if isinstance(value, str) and not STEP_SIZE.match(value):
+            raise ValueError(
+                f"step_size {value!r} is not a memory size; write a number and a "
+                "unit (B, kB, MB, GB, KiB, MiB, GiB) such as '64 MB', or a number "
+                "of entries"
+            )
+        return value
+
+
 class Blinding(_Strict):
     """Whether the data signal region may be looked at."""
 
@@ -221,6 +247,7 @@ class AnalysisConfig(_Strict):
     figure_of_merit: FigureOfMerit = Field(default_factory=FigureOfMerit)
     limit: LimitConfig = Field(default_factory=LimitConfig)
     blinding: Blinding = Field(default_factory=Blinding)
+    reading: ReadingConfig = Field(default_factory=ReadingConfig)
     extra_branches: list[str] = Field(
         default_factory=list, description="more branches to keep in the skims"
     )

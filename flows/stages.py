@@ -186,7 +186,9 @@ def preselection(
             keep=keep,
             scale=sample_scale(sample, config.limit.luminosity_fb),
             selection=sample.selection,
+            step_size=config.reading.step_size,
             salt=config.samples.index(sample),
+            workers=config.reading.workers,
         )
 
         def report(files_done: int, _total: int, offset: int = done) -> None:

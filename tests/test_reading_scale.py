@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uproot
+import yaml
 
+from analysis.config import parse_config
 from analysis.errors import ConfigError, InputFileError
 from analysis.preselection import SampleSelection, select_sample
 
@@ -219,3 +221,38 @@ def test_memory_flat_in_candidates(tmp_path: Path) -> None:
     assert peak_large - peak_small < 0.15 * extra_mb
     # The control shows that the probe measures growth of that size.
     assert whole_large - whole_small > 0.5 * extra_mb
+
+
+def _demo_config(reading: dict[str, object] | None) -> dict[str, object]:
+    data = yaml.safe_load((PROJECT / "configs" / "demo.yaml").read_text())
+    if reading is not None:
+        data["reading"] = reading
+    return data
+
+
+def test_reading_config_defaults_and_values() -> None:
+    default = parse_config(_demo_config(None), PROJECT / "configs")
+    chosen = parse_config(
+        _demo_config({"workers": 4, "step_size": "16 MiB"}), PROJECT / "configs"
+    )
+
+    assert default.reading.workers == 1
+    assert default.reading.step_size == "64 MB"
+    assert chosen.reading.workers == 4
+    assert chosen.reading.step_size == "16 MiB"
+
+
+@pytest.mark.parametrize(
+    ("reading", "message"),
+    [
+        ({"step_size": "64 MBB"}, r"reading\.step_size: step_size '64 MBB' is not"),
+        ({"step_size": 0}, r"reading\.step_size"),
+        ({"workers": 0}, r"reading\.workers: .*greater than or equal to 1"),
+        ({"executor": "dask"}, r"reading\.executor: unknown key"),
+    ],
+)
+def test_reading_config_rejects_invalid(
+    reading: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_demo_config(reading), PROJECT / "configs")
