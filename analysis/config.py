@@ -173,6 +173,10 @@ class FigureOfMerit(_Strict):
     cut_max: float = 1.0
     n_cuts: int = Field(default=101, ge=3)
     min_background_mc_events: int = Field(default=3, ge=0)
+    region_sizes: list[float] = Field(
+        default_factory=list,
+        description="signal-region sizes (n_sigma) of the joint scan; empty: none",
+    )
 
 
 class LimitConfig(_Strict):

@@ -110,6 +110,7 @@ def _run_stage(
         summary = work()
     except AnalysisError as err:
         raise type(err)(f"stage {stage!r} failed: {err}") from err
+    runstate.maybe_inject_fault(run_dir, stage, point="end")
     runstate.mark_completed(run_dir, stage, key, summary)
     logger.info("stage %s: done in %.1f s", stage, time.perf_counter() - start)
     return summary

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,9 +30,12 @@ log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
-# Environment variable for fault injection: "<stage>" or "<stage>:once" makes
-# that stage raise a transient error once per run directory (the retry then
-# passes); "<stage>:always" makes it fail with a permanent error.
+# Environment variable for fault injection, a comma-separated list of
+# "<stage>[:mode]". Modes: "once" (the default) raises a transient error at the
+# start of the stage once per run directory, so the retry passes; "always"
+# fails the stage with a permanent error; "kill" sends SIGKILL to the process
+# after the stage wrote its outputs but before its completion record, once per
+# run directory, to test crash and resume.
 FAULT_VARIABLE = "TAU3MU_INJECT_FAULT"
 
 
@@ -132,14 +136,27 @@ def clear_records(run_dir: Path) -> None:
             path.unlink()
 
 
-def maybe_inject_fault(run_dir: Path, stage: str) -> None:
-    """Raise the failure requested by ``TAU3MU_INJECT_FAULT`` for ``stage``."""
+def maybe_inject_fault(run_dir: Path, stage: str, point: str = "start") -> None:
+    """Raise or kill as ``TAU3MU_INJECT_FAULT`` requests for ``stage``.
+
+    ``point`` is ``"start"`` before the stage's work and ``"end"`` after it,
+    before the completion record is written.
+    """
     setting = os.environ.get(FAULT_VARIABLE, "")
     for item in filter(None, (s.strip() for s in setting.split(","))):
         name, _, mode = item.partition(":")
         if name != stage:
             continue
         mode = mode or "once"
+        if mode == "kill":
+            marker = run_dir / ".faults" / f"{stage}.kill"
+            if point == "end" and not marker.exists():
+                write_text(marker, "killed\n")
+                log.warning("stage %s: SIGKILL injected by %s", stage, FAULT_VARIABLE)
+                os.kill(os.getpid(), signal.SIGKILL)
+            continue
+        if point != "start":
+            continue
         if mode == "always":
             raise InjectedPermanentFault(
                 f"stage {stage!r}: permanent failure injected by "
@@ -148,7 +165,7 @@ def maybe_inject_fault(run_dir: Path, stage: str) -> None:
         if mode != "once":
             raise InjectedPermanentFault(
                 f"{FAULT_VARIABLE}={setting!r}: mode {mode!r} is invalid; use "
-                "'once' or 'always'"
+                "'once', 'always' or 'kill'"
             )
         marker = run_dir / ".faults" / stage
         if not marker.exists():

@@ -639,8 +639,95 @@ def working_point(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
         "scan": scan.to_dict(),
         "plots": {k: str(v) for k, v in {**plots, "punzi_scan": scan_plot}.items()},
     }
+    if fm.region_sizes:
+        joint = _joint_scan(config, run_dir, names, tables, sidebands, data, mc, cuts)
+        result["joint_scan"] = joint
+        result["plots"]["joint_scan"] = joint.pop("plot")
     write_json(out / "working_point.json", result)
     return result
+
+
+def _region_of_size(shape: dict[str, Any], n_sigma: float) -> Any:
+    """Rebuild the signal region of ``n_sigma`` from the stored signal shape."""
+    center = shape["center"]
+    covariance = np.asarray(shape["covariance"], dtype=float)
+    if shape["ndim"] == 1:
+        half = n_sigma * float(np.sqrt(covariance[0][0]))
+        return sr.IntervalRegion(center[0] - half, center[0] + half, n_sigma=n_sigma)
+    return sr.EllipseRegion.from_covariance(center, covariance, n_sigma)
+
+
+def _joint_scan(
+    config: AnalysisConfig,
+    run_dir: Path,
+    names: dict[str, str],
+    tables: dict[str, pl.DataFrame],
+    sidebands: sr.Sidebands,
+    data: pl.DataFrame | None,
+    mc: pl.DataFrame | None,
+    cuts: np.ndarray,
+) -> dict[str, Any]:
+    """Scan the BDT cut and the region size together (information only).
+
+    The working point keeps the configured region size; this scan shows how
+    much a different size would gain and where the joint optimum lies.
+    """
+    fm = config.figure_of_merit
+    method = config.signal_region.background_method
+    shape = _read_json(run_dir / "signal_region" / "shape.json")
+    sizes = np.array(sorted(fm.region_sizes), dtype=float)
+    efficiency = np.zeros((cuts.size, sizes.size))
+    background = np.zeros_like(efficiency)
+    n_mc = np.zeros_like(efficiency)
+    signal_parts = [
+        tables[s.name].filter(pl.col("is_test"))
+        for s in config.samples
+        if s.kind == "signal"
+    ]
+    signal = pl.concat(signal_parts)
+    _, n_generated = _signal_efficiency(config, tables, cuts[:1])
+    m_sig, de_sig = _axes(signal, names)
+    scores = signal["bdt"].to_numpy()
+    weights = signal["weight"].to_numpy()
+    with _quiet("analysis.background"):
+        for j, n_sigma in enumerate(sizes):
+            region = _region_of_size(shape, float(n_sigma))
+            inside = region.contains(m_sig, de_sig)
+            for i, cut in enumerate(cuts):
+                passing = inside & (scores > cut)
+                efficiency[i, j] = weights[passing].sum() / n_generated
+                estimate = _estimate(
+                    config, names, region, sidebands, data, mc, float(cut)
+                )[method]
+                background[i, j] = estimate.value
+                n_mc[i, j] = estimate.n_sideband
+    joint = fom.scan_cut_and_size(
+        cuts,
+        sizes,
+        efficiency,
+        background,
+        a=fm.a,
+        formula="full" if fm.kind == "punzi_full" else "simple",
+        b=fm.b,
+        n_mc_events=n_mc,
+        min_background_mc_events=fm.min_background_mc_events,
+    )
+    plot = fom.plot_joint_scan(joint, run_dir / "evaluation" / "joint_scan.png")
+    i, j = joint.best_index
+    log.info(
+        "joint scan: best at BDT cut %.3g and %.3g sigma region (FOM %.4g)",
+        cuts[i],
+        sizes[j],
+        joint.fom[i, j],
+    )
+    return {
+        "best_bdt_cut": float(cuts[i]),
+        "best_n_sigma": float(sizes[j]),
+        "best_fom": float(joint.fom[i, j]),
+        "efficiency": float(efficiency[i, j]),
+        "background": float(background[i, j]),
+        "plot": str(plot),
+    }
 
 
 # ---------------------------------------------------------------------------

@@ -16,10 +16,20 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
+# The small generated sample of the flow tests: tens of seconds per flow run.
+SMALL_LUMINOSITY_FB = 424.0
+SMALL_EVENTS = {
+    "signal_events": 5_000,
+    "taupair_events": 300_000,
+    "qqbar_events": 600_000,
+    "data_events": 225_000,
+}
 SHARED_DATA = Path(
     os.environ.get("TAU3MU_SHARED_DATA", PROJECT.parent / "shared" / "data")
 )
@@ -138,3 +148,56 @@ def prefect_api(prefect_server: str, tmp_path: Path) -> Iterator[str]:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = old
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Write a small generated sample and a config normalised to it."""
+    from analysis.generate import generate_dataset
+
+    folder = tmp_path_factory.mktemp("one-touch")
+    generate_dataset(folder / "data", seed=77, **SMALL_EVENTS)
+    config = yaml.safe_load((PROJECT / "configs" / "demo.yaml").read_text())
+    data_events = SMALL_EVENTS["data_events"]
+    # The data hold one third tau-pair and two thirds continuum events.
+    per_fb = {
+        "taupair": data_events / 3 / SMALL_LUMINOSITY_FB / 1e6,
+        "qqbar": 2 * data_events / 3 / SMALL_LUMINOSITY_FB / 1e6,
+    }
+    for sample in config["samples"]:
+        sample["files"] = [str(folder / "data" / f"{sample['name']}.root")]
+        if sample["name"] == "signal":
+            sample["generated_events"] = SMALL_EVENTS["signal_events"]
+        if sample["name"] in per_fb:
+            sample["cross_section_nb"] = per_fb[sample["name"]]
+            sample["generated_events"] = SMALL_EVENTS[f"{sample['name']}_events"]
+    config["name"] = "small"
+    config["bdt"]["n_trials"] = 3
+    config["limit"]["n_toys"] = 300
+    config["figure_of_merit"]["n_cuts"] = 41
+    path = folder / "small.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def first_run(
+    small_config: Path, prefect_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """Run the flow once; several tests read what it left behind."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.one_touch import one_touch
+
+    runs_dir = tmp_path_factory.mktemp("runs")
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        state = one_touch(
+            config=str(small_config), runs_dir=str(runs_dir), return_state=True
+        )
+        result = state.result() if state.is_completed() else None
+    return {
+        "state": state,
+        "result": result,
+        "runs_dir": runs_dir,
+        "run_dir": runs_dir / "small",
+    }

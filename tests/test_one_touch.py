@@ -23,48 +23,13 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from analysis.generate import generate_dataset
 from flows.one_touch import one_touch
 from flows.runstate import FAULT_VARIABLE
+from tests.conftest import SMALL_LUMINOSITY_FB as LUMINOSITY_FB
 
 PROJECT = Path(__file__).resolve().parents[1]
-LUMINOSITY_FB = 424.0
-EVENTS = {
-    "signal_events": 5_000,
-    "taupair_events": 300_000,
-    "qqbar_events": 600_000,
-    "data_events": 225_000,
-}
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Write a small generated sample and a config normalised to it."""
-    folder = tmp_path_factory.mktemp("one-touch")
-    generate_dataset(folder / "data", seed=77, **EVENTS)
-    config = yaml.safe_load((PROJECT / "configs" / "demo.yaml").read_text())
-    data_events = EVENTS["data_events"]
-    # The data hold one third tau-pair and two thirds continuum events.
-    per_fb = {
-        "taupair": data_events / 3 / LUMINOSITY_FB / 1e6,
-        "qqbar": 2 * data_events / 3 / LUMINOSITY_FB / 1e6,
-    }
-    for sample in config["samples"]:
-        sample["files"] = [str(folder / "data" / f"{sample['name']}.root")]
-        if sample["name"] == "signal":
-            sample["generated_events"] = EVENTS["signal_events"]
-        if sample["name"] in per_fb:
-            sample["cross_section_nb"] = per_fb[sample["name"]]
-            sample["generated_events"] = EVENTS[f"{sample['name']}_events"]
-    config["name"] = "small"
-    config["bdt"]["n_trials"] = 3
-    config["limit"]["n_toys"] = 300
-    config["figure_of_merit"]["n_cuts"] = 41
-    path = folder / "small.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def _task_runs(flow_run_id: UUID) -> dict[str, Any]:
@@ -108,27 +73,6 @@ def _flow_state(flow_run_id: UUID) -> str:
 
 def _stage_names(runs: dict[str, Any]) -> set[str]:
     return {name.rsplit("-", 1)[0] for name in runs}
-
-
-@pytest.fixture(scope="module")
-def first_run(
-    small_config: Path, prefect_server: str, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
-    """Run the flow once; several tests read what it left behind."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    runs_dir = tmp_path_factory.mktemp("runs")
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-        state = one_touch(
-            config=str(small_config), runs_dir=str(runs_dir), return_state=True
-        )
-        result = state.result() if state.is_completed() else None
-    return {
-        "state": state,
-        "result": result,
-        "runs_dir": runs_dir,
-        "run_dir": runs_dir / "small",
-    }
 
 
 def test_flow_completes_with_a_limit(first_run: dict[str, Any]) -> None:
