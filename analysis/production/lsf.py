@@ -1,7 +1,11 @@
 """LSF backend: ``bsub``, ``bjobs`` and ``bkill`` called with argv lists.
 
 Every command is built as a list and run without a shell, so paths with
-spaces or shell metacharacters reach LSF unchanged. ``bjobs`` is called once
+spaces or shell metacharacters reach LSF unchanged. LSF itself joins the job
+command and its arguments with spaces and runs the result through
+``/bin/sh`` on the execution host, so the job command is handed to ``bsub``
+as one string built by :func:`job_command_line`, which quotes every argument
+with :func:`shlex.quote`. ``bjobs`` is called once
 per poll for all tracked jobs, with ``-o "jobid jobindex stat exit_code
 job_name" -json``; its exit code is not trusted (LSF returns 255 as soon as
 one id is unknown), only its output is.
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +48,21 @@ _TRANSIENT = re.compile(
     r"Failed in an LSF library call|LIM is down|mbatchd",
     re.IGNORECASE,
 )
+
+
+def job_command_line(command: Sequence[str]) -> str:
+    """Return the job command as the shell line that LSF runs on the batch host.
+
+    Every argument is quoted with :func:`shlex.quote`, so that ``/bin/sh``
+    splits the line back into exactly ``command``: spaces, quotes, ``;``,
+    ``$()``, backticks and newlines stay literal.
+
+    Raises:
+        BatchError: ``command`` is empty.
+    """
+    if not command:
+        raise BatchError("the job command is empty: the payload argv needs a program")
+    return shlex.join(command)
 
 
 @dataclass(frozen=True)
@@ -111,7 +131,7 @@ class LsfBackend(BatchBackend):
         return options
 
     def submit_argv(self, spec: JobSpec) -> list[str]:
-        """Return the ``bsub`` argv for one job."""
+        """Return the ``bsub`` argv for one job, ending in its quoted command line."""
         return [
             self.settings.bsub,
             *self._resource_options(),
@@ -124,11 +144,14 @@ class LsfBackend(BatchBackend):
             "-cwd",
             str(spec.cwd),
             *self.settings.extra_options,
-            *spec.command,
+            job_command_line(spec.command),
         ]
 
     def submit_array_argv(self, spec: ArraySpec) -> list[str]:
-        """Return the ``bsub`` argv for a job array ``name[1-size]%limit``."""
+        """Return the ``bsub`` argv for a job array ``name[1-size]%limit``.
+
+        The argv ends in the quoted command line, as for :meth:`submit_argv`.
+        """
         name = f"{spec.name}[1-{spec.size}]"
         if spec.limit is not None:
             name += f"%{spec.limit}"
@@ -144,7 +167,7 @@ class LsfBackend(BatchBackend):
             "-cwd",
             str(spec.cwd),
             *self.settings.extra_options,
-            *spec.command,
+            job_command_line(spec.command),
         ]
 
     def _submit(self, argv: list[str], name: str) -> str | None:

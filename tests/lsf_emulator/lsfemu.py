@@ -2,7 +2,10 @@
 
 Standard library only, so that it runs with any Python 3.11. The state lives in
 one SQLite file, ``$LSFEMU_DIR/lsf.db``. ``bsub`` stores the job and starts one
-detached executor process per submission (a single job or a whole array). The
+detached executor process per submission (a single job or a whole array). As
+real LSF does, ``bsub`` joins the command and its arguments with spaces and
+the executor runs that line with ``/bin/sh -c``, so a command that was not
+quoted for the shell breaks here as it would on LSF. The
 executor runs the elements as local processes, writes their output to the
 ``-o``/``-e`` files and appends an LSF job report to the ``-o`` file, the way
 LSF does with ``LSB_STDOUT_DIRECT=Y``.
@@ -541,10 +544,11 @@ def _start_element(
         element.files.append(err_file)
         err = err_file
 
-    argv = json.loads(row["argv"])
+    # LSF runs the job's command line through the shell, not the argv.
+    argv = ["/bin/sh", "-c", " ".join(json.loads(row["argv"]))]
     fail_code = settings["fail_names"].get(row["name"])
     if fail_code is not None:
-        argv = [sys.executable, "-c", f"raise SystemExit({int(fail_code)})"]
+        argv = ["/bin/sh", "-c", f"exit {int(fail_code)}"]
     env = {
         **os.environ,
         "LSB_JOBID": str(row["id"]),
