@@ -6,12 +6,15 @@ It never imports Prefect; ``flows/production.py`` wraps it in a flow.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 LEDGER_NAME = "ledger.sqlite"
 OUTPUTS_NAME = "outputs.json"
+LOCK_NAME = ".production.lock"
 
 
 class ProductionCancelled(BaseException):
@@ -63,6 +67,42 @@ class ProductionResult:
     jobs: int
     submissions: int
     listing: Path
+
+
+@contextmanager
+def production_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder while a production runs in it.
+
+    Two loops on one ledger would both submit the waiting jobs, so a second
+    run into the same folder is rejected at once. The kernel releases the
+    lock when the process ends, even by SIGKILL, so a rerun after a crash
+    never finds a stale lock.
+
+    Raises:
+        BatchError: another process holds the lock.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_NAME
+    handle = open(path, "a+")  # noqa: SIM115 - held open while locked
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise BatchError(
+            f"run folder {run_dir} is in use by another production (pid {holder}); "
+            "wait for it to finish or give this production another run_dir"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
 
 
 def make_backend(config: ProductionConfig, backend: str | None = None) -> BatchBackend:
@@ -519,11 +559,16 @@ class Production:
 
         Raises:
             BatchError: at least one job failed for good; the message lists
-                each with its attempts, exit codes and log paths.
+                each with its attempts, exit codes and log paths. Also raised
+                when another production holds the run folder's lock.
             ProductionCancelled: the stop event was set; running jobs were
                 killed first. A ``KeyboardInterrupt`` or Prefect's termination
                 signal also kills the jobs before it propagates.
         """
+        with production_lock(self.config.run_dir):
+            return self._run_locked()
+
+    def _run_locked(self) -> ProductionResult:
         added = self.ledger.add_jobs(
             (p.name, p.sample, p.index, p.outputs, p.argv) for p in self.plans.values()
         )
