@@ -28,5 +28,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 	$(MAKE) lint
 
+# Prefect server (UI on http://127.0.0.1:4200), work pool, deployments and a
+# worker; run history in .prefect/prefect.db. See docs/operations.md.
+serve: $(STAMP)
+	TAU3MU_VENV_BIN=$(abspath $(BIN)) deployments/serve.sh
+
+stop:
+	deployments/stop.sh
+
 clean:
 	rm -rf runs data/demo
