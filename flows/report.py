@@ -35,6 +35,21 @@ def _cutflow_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _joint_lines(joint: dict[str, Any] | None) -> list[str]:
+    if not joint:
+        return []
+    return [
+        f"Joint scan over BDT cut and region size (for information): best at "
+        f"BDT cut {_fmt(joint['best_bdt_cut'])} with a "
+        f"{_fmt(joint['best_n_sigma'], 3)} sigma region, efficiency "
+        f"{_fmt(joint['efficiency'])}, background {_fmt(joint['background'])} "
+        "events.",
+        "",
+        "![joint scan](evaluation/joint_scan.png)",
+        "",
+    ]
+
+
 def _rel(path: str | None, run_dir: Path) -> str:
     if not path:
         return ""
@@ -89,6 +104,7 @@ def build_results(
             "background": working["background"],
             "background_estimates": working["background_estimates"],
             "scan": working["scan"],
+            "joint_scan": working.get("joint_scan"),
         },
         "limit": limit,
     }
@@ -202,6 +218,7 @@ def render_report(results: dict[str, Any], run_dir: Path) -> str:
         "",
         "![Punzi scan](evaluation/punzi_scan.png)",
         "",
+        *_joint_lines(results["working_point"].get("joint_scan")),
         "## 5. Upper limit",
         "",
         f"Calculator: {limit['calculator']}. Expected upper limit on the signal "
