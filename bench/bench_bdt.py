@@ -67,6 +67,7 @@ FEATURES = [
 ]
 SPLIT_SEED = 0
 STUDY_SEEDS = (1, 2, 3)
+N_LAYOUT_FITS = 8
 MAX_AUC_RATIO = 1.015
 GRID = {
     "num_boost_round": (100, 300, 1000),
@@ -138,17 +139,26 @@ def phase_threads(train: pl.DataFrame) -> dict[str, Any]:
         }
         log.info("threads %s: %s", condition, result[condition])
 
-    # The same 16 parameter sets for every layout, so the work is identical;
-    # studies sampled by TPE would train different trees in each layout.
+    result["load_average_end"] = os.getloadavg()
+    return result
+
+
+def phase_layouts(train: pl.DataFrame) -> dict[str, Any]:
+    """Time 8 fits run one after another or two at a time, by thread count."""
+    x = train.select(FEATURES).to_numpy().astype(np.float32)
+    y = train["is_signal"].to_numpy()
+
+    # The same parameter sets for every layout, so the work is identical.
+    # Studies sampled by TPE would train different trees in each layout.
     sampler = optuna.samplers.RandomSampler(seed=7)
     study = optuna.create_study(sampler=sampler)
     param_sets = []
-    for _ in range(16):
+    for _ in range(N_LAYOUT_FITS):
         trial = study.ask()
         point = {
             name: _suggest_one(trial, name, spec) for name, spec in SEARCH_SPACE.items()
         }
-        point["num_boost_round"] = min(point["num_boost_round"], 400)
+        point["num_boost_round"] = min(point["num_boost_round"], 200)
         param_sets.append(point)
 
     def fit_point(point: dict[str, Any], nthread: int) -> None:
@@ -166,20 +176,23 @@ def phase_threads(train: pl.DataFrame) -> dict[str, Any]:
             num_boost_round=point["num_boost_round"],
         )
 
-    layouts = {}
-    for n_jobs, n_threads in ((1, 1), (1, 2), (2, 1)):
-        walls = []
-        for _ in range(3):
+    result: dict[str, Any] = {"load_average_start": os.getloadavg()}
+    layouts = ((1, 1), (1, 2), (2, 1))
+    walls: dict[str, list[float]] = {f"jobs{j}_threads{t}": [] for j, t in layouts}
+    # Repeats interleave the layouts so a change of load hits all of them.
+    for _ in range(2):
+        for n_jobs, n_threads in layouts:
             start = time.perf_counter()
             with ThreadPoolExecutor(max_workers=n_jobs) as pool:
                 list(pool.map(lambda p, t=n_threads: fit_point(p, t), param_sets))
-            walls.append(time.perf_counter() - start)
-        layouts[f"jobs{n_jobs}_threads{n_threads}"] = {
-            "median_s": statistics.median(walls),
-            "runs_s": walls,
-        }
-        log.info("16 fits n_jobs=%d n_threads=%d: %s", n_jobs, n_threads, walls)
-    result["fits_16_params"] = layouts
+            walls[f"jobs{n_jobs}_threads{n_threads}"].append(
+                time.perf_counter() - start
+            )
+            log.info("fits n_jobs=%d n_threads=%d: %s", n_jobs, n_threads, walls)
+    result["layouts"] = {
+        name: {"median_s": statistics.median(runs), "runs_s": runs}
+        for name, runs in walls.items()
+    }
     result["load_average_end"] = os.getloadavg()
     return result
 
@@ -271,13 +284,22 @@ def phase_grid(train: pl.DataFrame, test: pl.DataFrame) -> dict[str, Any]:
 
 
 def phase_optuna(
-    train: pl.DataFrame, test: pl.DataFrame, budgets: list[int], out: Path
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    budgets: list[int],
+    out: Path,
+    max_auc_ratio: float = MAX_AUC_RATIO,
 ) -> dict[str, Any]:
     """Run one study per seed and budget and score its model on TestTree."""
     runs = []
     for n_trials in budgets:
         for seed in STUDY_SEEDS:
-            settings = BDTSettings(n_trials=n_trials, seed=seed, split_seed=SPLIT_SEED)
+            settings = BDTSettings(
+                n_trials=n_trials,
+                seed=seed,
+                split_seed=SPLIT_SEED,
+                max_auc_ratio=max_auc_ratio,
+            )
             study_path = out / f"study_{n_trials}_{seed}.db"
             study_path.unlink(missing_ok=True)  # time a fresh study, not a resume
             start = time.perf_counter()
@@ -302,7 +324,7 @@ def phase_optuna(
                 }
             )
             log.info("optuna n_trials=%d seed=%d: %s", n_trials, seed, runs[-1])
-    return {"runs": runs}
+    return {"max_auc_ratio": max_auc_ratio, "runs": runs}
 
 
 def _suggest_one(trial: optuna.Trial, name: str, spec: tuple[Any, ...]) -> Any:
@@ -330,7 +352,7 @@ def phase_report(out: Path, markdown: Path) -> None:
     lines += [
         f"Machine: {meta['cpu_count']} cores shared with other sessions; "
         f"libraries {meta['versions']}.",
-        f"Command: `{meta['command']}`.",
+        "Commands: " + "; ".join(f"`{c}`" for c in meta["commands"]) + ".",
         "Data: TrainTree (19966 events) split by event into 75 % training and "
         f"25 % validation with split seed {SPLIT_SEED}; TestTree (19966 events) "
         "scored once per model. AUCs on TestTree are unweighted, signal = "
@@ -350,9 +372,11 @@ def _report_optuna(out: Path) -> list[str]:
     path = out / "optuna.json"
     if not path.is_file():
         return ["Optuna phase not run.", ""]
-    runs = json.loads(path.read_text())["runs"]
+    result = json.loads(path.read_text())
+    runs = result["runs"]
+    ratio = result.get("max_auc_ratio", MAX_AUC_RATIO)
     lines = [
-        "## Optuna studies (seeds 1, 2, 3)",
+        f"## Optuna studies (seeds 1, 2, 3, max_auc_ratio {ratio})",
         "",
         "| trials | seed | wall s | validation AUC | train AUC | test AUC "
         "| train/test | KS p sig | KS p bkg | trees | depth | eta |",
@@ -449,26 +473,38 @@ def _report_threads(out: Path) -> list[str]:
         "| condition | nthread 1 (s) | nthread 2 (s) |",
         "|---|---|---|",
     ]
+    labels = {"idle": "alone", "busy": "beside one busy-loop process"}
     for condition in ("idle", "busy"):
         row = threads[condition]
         lines.append(
-            f"| {condition} | {row['nthread_1']['median_s']:.2f} "
+            f"| {labels[condition]} | {row['nthread_1']['median_s']:.2f} "
             f"| {row['nthread_2']['median_s']:.2f} |"
         )
     lines += [
         "",
-        "16 random parameter sets from the search space (trees capped at 400), "
-        "trained one after another or two at a time, median of 3 runs:",
-        "",
-        "| n_jobs x n_threads | wall (s) |",
-        "|---|---|",
-    ]
-    for name, row in threads["fits_16_params"].items():
-        lines.append(f"| {name} | {row['median_s']:.1f} |")
-    lines += [
-        "",
         f"Load average at start {threads['load_average_start']}, at end "
         f"{threads['load_average_end']}.",
+        "",
+    ]
+    layouts_path = out / "layouts.json"
+    if not layouts_path.is_file():
+        return [*lines, "Layout phase not run.", ""]
+    layouts = json.loads(layouts_path.read_text())
+    lines += [
+        f"{N_LAYOUT_FITS} random parameter sets from the search space (trees "
+        "capped at 200), trained one after another or two at a time, median "
+        "of 2 interleaved runs:",
+        "",
+        "| n_jobs x n_threads | wall (s) | runs (s) |",
+        "|---|---|---|",
+    ]
+    for name, row in layouts["layouts"].items():
+        runs = ", ".join(f"{t:.1f}" for t in row["runs_s"])
+        lines.append(f"| {name} | {row['median_s']:.1f} | {runs} |")
+    lines += [
+        "",
+        f"Load average at start {layouts['load_average_start']}, at end "
+        f"{layouts['load_average_end']}.",
         "",
     ]
     return lines
@@ -486,12 +522,19 @@ def main() -> None:
     parser.add_argument(
         "--phases",
         default="all",
-        help="comma-separated: threads, grid, optuna, report, all",
+        help="comma-separated: threads, layouts, grid, optuna, report, all",
     )
     parser.add_argument(
         "--budgets",
         default="28,100",
         help="comma-separated trial budgets of the studies",
+    )
+    parser.add_argument(
+        "--max-auc-ratio",
+        type=float,
+        default=MAX_AUC_RATIO,
+        help="train/validation AUC ratio limit of the studies (the grid keeps "
+        f"{MAX_AUC_RATIO})",
     )
     parser.add_argument(
         "--markdown",
@@ -505,30 +548,37 @@ def main() -> None:
 
     phases = args.phases.split(",")
     if "all" in phases:
-        phases = ["threads", "grid", "optuna", "report"]
+        phases = ["threads", "layouts", "grid", "optuna", "report"]
     args.out.mkdir(parents=True, exist_ok=True)
     train, test = load_tree("TrainTree"), load_tree("TestTree")
-    if not (args.out / "meta.json").is_file() or "report" not in phases:
-        write_json(
-            args.out / "meta.json",
-            {
-                "cpu_count": os.cpu_count(),
-                "versions": library_versions(),
-                "command": " ".join(["python", *sys.argv]),
-                "tmva_test_auc": weighted_auc(
-                    test["is_signal"].to_numpy(), test["BDT"].to_numpy(), None
-                ),
-            },
-        )
+    meta_path = args.out / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    commands = meta.get("commands", [])
+    if phases != ["report"]:
+        commands.append(" ".join([".venv/bin/python", *sys.argv]))
+    write_json(
+        meta_path,
+        {
+            "cpu_count": os.cpu_count(),
+            "versions": library_versions(),
+            "commands": commands,
+            "tmva_test_auc": weighted_auc(
+                test["is_signal"].to_numpy(), test["BDT"].to_numpy(), None
+            ),
+        },
+    )
 
     if "threads" in phases:
         write_json(args.out / "threads.json", phase_threads(train))
+    if "layouts" in phases:
+        write_json(args.out / "layouts.json", phase_layouts(train))
     if "grid" in phases:
         write_json(args.out / "grid.json", phase_grid(train, test))
     if "optuna" in phases:
         budgets = [int(b) for b in args.budgets.split(",")]
         write_json(
-            args.out / "optuna.json", phase_optuna(train, test, budgets, args.out)
+            args.out / "optuna.json",
+            phase_optuna(train, test, budgets, args.out, args.max_auc_ratio),
         )
     if "report" in phases:
         phase_report(args.out, args.markdown)
