@@ -198,6 +198,10 @@ class BatchBackend(abc.ABC):
 # --- the job report that LSF appends to the -o file --------------------------
 
 _REPORT_HEADER = "Sender: LSF System"
+# LSF's report names the job in its mail subject, for example
+# "Subject: Job 1234[5]: <name[5]> in cluster <c> Done"; the local backend's
+# report has no subject.
+_SUBJECT = re.compile(r"^Subject: Job (\d+(?:\[\d+\])?):", re.MULTILINE)
 _SUCCESS = re.compile(r"^Successfully completed\.\s*$", re.MULTILINE)
 _EXIT = re.compile(r"^Exited with exit code (-?\d+)\.\s*$", re.MULTILINE)
 _SIGNAL = re.compile(r"^Exited with signal termination: ([^.\n]*)\.?\s*$", re.MULTILINE)
@@ -212,11 +216,14 @@ class JobReport:
         exit_code: exit code of a failed job, ``None`` when it ended by a
             signal or succeeded.
         detail: the report line.
+        job_id: batch job id from the report's subject line, ``None`` when the
+            report has none.
     """
 
     succeeded: bool
     exit_code: int | None
     detail: str
+    job_id: str | None = None
 
 
 def parse_job_report(text: str) -> JobReport | None:
@@ -232,15 +239,17 @@ def parse_job_report(text: str) -> JobReport | None:
     if start < 0:
         return None
     report = text[start:]
+    subject = _SUBJECT.search(report)
+    job_id = subject.group(1) if subject else None
     success = _SUCCESS.search(report)
     if success:
-        return JobReport(True, None, success.group(0).strip())
+        return JobReport(True, None, success.group(0).strip(), job_id)
     exited = _EXIT.search(report)
     if exited:
-        return JobReport(False, int(exited.group(1)), exited.group(0).strip())
+        return JobReport(False, int(exited.group(1)), exited.group(0).strip(), job_id)
     killed = _SIGNAL.search(report)
     if killed:
-        return JobReport(False, None, killed.group(0).strip())
+        return JobReport(False, None, killed.group(0).strip(), job_id)
     return None
 
 

@@ -10,6 +10,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -350,22 +351,27 @@ class Production:
             by_batch.setdefault(job.batch_name or job.name, []).append(job)
         for batch_name, members in by_batch.items():
             found = self.backend.find_by_name(batch_name)
-            if found:
-                ids = []
-                for job in members:
-                    match = [
-                        s.job_id
-                        for s in found
-                        if split_id(s.job_id)[1] == job.array_index
-                    ]
-                    if match:
-                        ids.append((job.name, match[0]))
+            ids = []
+            for job in members:
+                match = [
+                    s.job_id for s in found if split_id(s.job_id)[1] == job.array_index
+                ]
+                if match:
+                    ids.append((job.name, match[0]))
+            if ids:
                 self.ledger.confirm_submission(ids)
                 log.info(
-                    "found unconfirmed submission %s as job %s",
+                    "found unconfirmed submission %s as job %s (%d of %d jobs)",
                     batch_name,
-                    ids[0][1] if ids else "?",
+                    ids[0][1],
+                    len(ids),
+                    len(members),
                 )
+            # Elements that bjobs no longer shows may have ended long ago.
+            confirmed = {name for name, _ in ids}
+            rest = [job for job in members if job.name not in confirmed]
+            reported = bool(rest) and self._decide_from_reports(batch_name, rest)
+            if found or reported:
                 continue
             started = members[0].submitted_at or now
             if now - started >= self.config.poll.not_found_grace_s:
@@ -379,6 +385,47 @@ class Production:
                     batch_name,
                     now - started,
                 )
+
+    def _decide_from_reports(
+        self, batch_name: str, members: list[lg.JobRecord]
+    ) -> bool:
+        """Decide unconfirmed jobs that ``bjobs`` no longer shows from their logs.
+
+        A job that ran and ended more than LSF's CLEAN_PERIOD ago is gone from
+        ``bjobs -a``, but its job report in the ``-o`` log proves that the
+        submission happened, so it must not be submitted again.
+
+        Returns:
+            ``True`` when at least one member had a job report; members
+            without one stay unconfirmed until a later cycle.
+        """
+        reports = {
+            job.name: read_job_report(job.log_out) if job.log_out else None
+            for job in members
+        }
+        if not any(reports.values()):
+            return False
+        for job in members:
+            report = reports[job.name]
+            if report is None:
+                continue
+            log.info(
+                "unconfirmed submission %s of job %s is gone from bjobs; its log "
+                "reports: %s",
+                batch_name,
+                job.name,
+                report.detail,
+            )
+            if report.job_id is not None:
+                self.ledger.confirm_submission([(job.name, report.job_id)])
+            current = self.ledger.job(job.name)
+            if report.succeeded:
+                self._check_outputs(current, exit_code=0)
+            else:
+                self._fail(
+                    current, report.exit_code, f"log {job.log_out}: {report.detail}"
+                )
+        return True
 
     def _poll_once(self) -> None:
         now = self.clock()
@@ -508,7 +555,9 @@ class Production:
     def _check_outputs(self, job: lg.JobRecord, exit_code: int) -> None:
         plan = self.plans[job.name]
         if not self.config.verify_outputs:
-            self.ledger.set_state(job.name, lg.DONE, stat="DONE", exit_code=0)
+            self.ledger.set_state(
+                job.name, lg.DONE, stat="DONE", exit_code=0, reason="not verified"
+            )
             return
         try:
             entries = [verify_root_output(path, plan.tree) for path in plan.outputs]
@@ -655,7 +704,9 @@ class Production:
         entries: dict[str, int] = {}
         for job in self.ledger.jobs([lg.DONE]):
             outputs.setdefault(job.sample, []).extend(job.outputs)
-            count = int((job.reason or "0 entries").split()[0])
+            # The reason of a verified job is "<n> entries".
+            counted = re.fullmatch(r"(\d+) entries", job.reason or "")
+            count = int(counted.group(1)) if counted else 0
             entries[job.sample] = entries.get(job.sample, 0) + count
         listing = write_json(
             self.config.run_dir / OUTPUTS_NAME,
