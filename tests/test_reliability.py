@@ -169,7 +169,7 @@ def test_lsf_hostile_run_dir_stays_literal(
     assert not list(PROJECT.glob("pwned-*"))
 
 
-def test_silent_bsub_job_gone_from_bjobs_not_resubmitted(
+def test_silent_bsub_decided_from_report(
     emu: Path, tmp_path: Path
 ) -> None:
     # bsub prints no job id, and bjobs never shows the job: it is hidden for
