@@ -355,8 +355,10 @@ def phase_report(out: Path, markdown: Path) -> None:
         "Commands: " + "; ".join(f"`{c}`" for c in meta["commands"]) + ".",
         "Data: TrainTree (19966 events) split by event into 75 % training and "
         f"25 % validation with split seed {SPLIT_SEED}; TestTree (19966 events) "
-        "scored once per model. AUCs on TestTree are unweighted, signal = "
-        "classID 0.",
+        "scored once per model. AUCs use the file's class-balance "
+        "weights, which are constant per class and so give the unweighted AUC; "
+        "signal = classID 0. Wall times were measured while other sessions "
+        "loaded the machine (load average 5 to 10).",
         "",
         f"TMVA BDT of the file on TestTree: AUC {meta['tmva_test_auc']:.4f}.",
         "",
