@@ -169,9 +169,7 @@ def test_lsf_hostile_run_dir_stays_literal(
     assert not list(PROJECT.glob("pwned-*"))
 
 
-def test_silent_bsub_decided_from_report(
-    emu: Path, tmp_path: Path
-) -> None:
+def test_silent_bsub_decided_from_report(emu: Path, tmp_path: Path) -> None:
     # bsub prints no job id, and bjobs never shows the job: it is hidden for
     # 60 s and forgotten as soon as it ends. Only its job report proves that
     # it ran, so the rerun of that attempt must not happen.
