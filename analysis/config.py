@@ -161,6 +161,10 @@ class BDTConfig(_Strict):
     early_stopping_rounds: int = Field(default=50, ge=1)
     validation_fraction: float = Field(default=0.25, gt=0, lt=1)
     balance_classes: bool = True
+    n_folds: int | None = Field(
+        default=None, ge=2, description="k-fold cross-validation by event"
+    )
+    pruner: Literal["median", "none"] = "median"
 
 
 class FigureOfMerit(_Strict):

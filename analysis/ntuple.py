@@ -115,6 +115,38 @@ def open_tree(handle: Any, tree: str | None, path: str | os.PathLike[str]) -> An
     return handle[tree]
 
 
+def non_flat_branches(tree: Any) -> list[str]:
+    """Return ``name (type)`` of every branch holding more than one number per entry."""
+    found = []
+    for name in tree.keys(recursive=True):
+        try:
+            interpretation = tree[name].interpretation
+        except Exception:  # uproot cannot interpret some ROOT objects
+            found.append(f"{name} (uninterpretable)")
+            continue
+        flat = isinstance(interpretation, _FLAT_INTERPRETATIONS)
+        if not flat or bool(getattr(interpretation, "inner_shape", None)):
+            found.append(f"{name} ({tree[name].typename})")
+    return found
+
+
+def describe_tree(path: str | os.PathLike[str], tree: str | None) -> str:
+    """Return a hint about a tree that is not a flat ntuple, or an empty string."""
+    handle = open_file(path)
+    try:
+        not_flat = non_flat_branches(open_tree(handle, tree, path))
+    finally:
+        handle.close()
+    if not not_flat:
+        return ""
+    shown = ", ".join(not_flat[:5]) + (", ..." if len(not_flat) > 5 else "")
+    return (
+        f" Tree {tree!r} of {path} is not a flat ntuple: {len(not_flat)} branches "
+        f"hold more than one number per entry ({shown}); it looks like an "
+        "event-wise tree. Give a basf2 VariablesToNtuple file instead."
+    )
+
+
 def check_branches(
     tree: Any, branches: Sequence[str], path: str | os.PathLike[str]
 ) -> None:

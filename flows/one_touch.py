@@ -166,7 +166,7 @@ def bdt_task(
         path,
         key,
         force,
-        lambda: stages.train(config, path, _Progress("bdt")),
+        lambda: stages.train(config, path, _Progress("bdt"), study_tag=key[:16]),
     )
 
 

@@ -206,6 +206,7 @@ def render_report(results: dict[str, Any], run_dir: Path) -> str:
         "",
         "![ROC](evaluation/roc.png)",
         "![BDT score](evaluation/bdt_score.png)",
+        "![optuna history](evaluation/optuna_history.png)",
         "",
         "## 4. Working point",
         "",

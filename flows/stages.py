@@ -10,7 +10,7 @@ Run directory layout::
     preselection/<sample>.parquet, cutflow.csv, cutflow.md, inputs.png
     signal_region/region.json, signal_fit.png, signal_region.png,
                   <sample>.parquet (with is_test, in_region, in_sideband)
-    bdt/model.json, model.meta.json, study.db, <sample>.parquet (with bdt)
+    bdt/model.json, model.meta.json, study-<tag>.db, <sample>.parquet (with bdt)
     evaluation/working_point.json, roc.png, bdt_score.png, punzi_scan.png, ...
     limit/workspace.json, limit.json, cls_scan.png
     results.json, report.md
@@ -34,9 +34,15 @@ from analysis import bdt as bdt_mod
 from analysis import fom, limit
 from analysis import signal_region as sr
 from analysis.config import AnalysisConfig, Sample, expand_files
-from analysis.errors import AnalysisError, ConfigError, MissingBranchError, PhysicsError
+from analysis.errors import (
+    AnalysisError,
+    ConfigError,
+    CutError,
+    MissingBranchError,
+    PhysicsError,
+)
 from analysis.naming import find_branch, to_branch_name
-from analysis.ntuple import tree_branches
+from analysis.ntuple import describe_tree, tree_branches
 from analysis.outputs import write_json, write_text
 from analysis.plots import plot_input_variables
 from analysis.preselection import (
@@ -168,8 +174,16 @@ def preselection(
     out = _stage_dir(run_dir, "preselection")
     files = {s.name: expand_files(s) for s in config.samples}
     first = config.samples[0]
-    available = tree_branches(files[first.name][0], first.tree or config.tree)
-    names = _branch_names(config, available)
+    first_file = files[first.name][0]
+    first_tree = first.tree or config.tree
+    available = tree_branches(first_file, first_tree)
+    try:
+        names = _branch_names(config, available)
+    except MissingBranchError as err:
+        hint = describe_tree(first_file, first_tree)
+        raise MissingBranchError(
+            f"sample {first.name!r}, {first_file}: {err}{hint}"
+        ) from err
     write_json(out / "branches.json", names)
     keep = sorted(set(names.values()))
 
@@ -197,6 +211,10 @@ def preselection(
 
         try:
             table, steps = select_sample(spec, progress=report)
+        except (MissingBranchError, CutError) as err:
+            # A variable missing from an event-wise tree: say what the tree is.
+            hint = describe_tree(spec.files[0], spec.tree)
+            raise type(err)(f"sample {sample.name!r}: {err}{hint}") from err
         except AnalysisError as err:
             raise type(err)(f"sample {sample.name!r}: {err}") from err
         done += len(files[sample.name])
@@ -421,10 +439,24 @@ def _training_sets(
 
 
 def train(
-    config: AnalysisConfig, run_dir: Path, progress: Progress | None = None
+    config: AnalysisConfig,
+    run_dir: Path,
+    progress: Progress | None = None,
+    study_tag: str = "default",
 ) -> dict[str, Any]:
-    """Tune and train the BDT, then add its score to every sample."""
+    """Tune and train the BDT, then add its score to every sample.
+
+    The optuna study is stored as ``bdt/study-<study_tag>.db``. The flow passes
+    the start of the stage key as the tag, so a rerun after a crash resumes
+    the same study, while changed inputs or settings start a new one; studies
+    of other tags are deleted first.
+    """
     out = _stage_dir(run_dir, "bdt")
+    study_path = out / f"study-{study_tag}.db"
+    for old in out.glob("study-*.db"):
+        if old != study_path:
+            log.info("removing the study of earlier inputs %s", old)
+            old.unlink()
     features = feature_branches(config, run_dir)
     tables = _load(run_dir, "signal_region", config)
     train_set, _ = _training_sets(config, tables)
@@ -438,6 +470,8 @@ def train(
         early_stopping_rounds=config.bdt.early_stopping_rounds,
         validation_fraction=config.bdt.validation_fraction,
         balance_classes=config.bdt.balance_classes,
+        n_folds=config.bdt.n_folds,
+        pruner=config.bdt.pruner,
     )
     # optuna logs each trial through its own stderr handler; send those lines
     # through logging instead, so they reach the Prefect run logs.
@@ -450,10 +484,11 @@ def train(
         weight="weight",
         group="event_id",
         settings=settings,
-        study_path=out / "study.db",
+        study_path=study_path,
         progress=progress,
     )
     model_path = bdt_mod.save_model(model, out / "model.json")
+    write_json(out / "study.json", {"path": str(study_path)})
     skims = {}
     for name, table in tables.items():
         scored = bdt_mod.add_bdt_column(model, table)
@@ -577,8 +612,10 @@ def working_point(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
                 table[names["reference_score"]].to_numpy(),
                 None,
             )
+    study_path = Path(_read_json(run_dir / "bdt" / "study.json")["path"])
+    study = bdt_mod.load_study(study_path)
     plots = bdt_mod.write_bdt_plots(
-        model, train_set, test_set, None, out, label="is_signal", weight="weight"
+        model, train_set, test_set, study, out, label="is_signal", weight="weight"
     )
 
     fm = config.figure_of_merit

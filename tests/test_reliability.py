@@ -393,11 +393,6 @@ def test_flow_bad_input_one_clear_error(
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="an event-wise tree is reported as a missing cut variable, without "
-    "the file or the jagged branches",
-)
 def test_flow_event_wise_tree_called_not_flat(
     small_config: Path, prefect_api: str, tmp_path: Path, shared_data: Path
 ) -> None:
