@@ -23,8 +23,13 @@ from collections.abc import Sequence
 
 
 def port_free(port: int) -> bool:
-    """Return whether a TCP socket can bind 127.0.0.1:``port`` now."""
+    """Return whether a TCP socket can bind 127.0.0.1:``port`` now.
+
+    SO_REUSEADDR is set, as the server sets it, so that connections of a server
+    stopped a moment ago (TIME_WAIT) do not count, while a listener does.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -225,7 +225,7 @@ def test_health_check_stops_when_server_exits() -> None:
     assert f"(pid {exited.pid}) exited during start-up" in done.stderr
 
 
-# --- serve.sh, a worker and two runs of one-touch/analysis ----------------------
+# --- serve.sh, a worker and three runs of one-touch/analysis --------------------
 
 
 def _group_alive(pgid: int) -> bool:
@@ -499,6 +499,65 @@ def test_results_stored_without_pickles(
             json.loads(path.read_bytes())
 
 
+def _trigger_analysis(url: str, parameters: dict[str, Any]) -> UUID:
+    """Create a flow run of one-touch/analysis through the API."""
+
+    async def trigger(client: Any) -> UUID:
+        deployment = await client.read_deployment_by_name("one-touch/analysis")
+        flow_run = await client.create_flow_run_from_deployment(
+            deployment.id, parameters=parameters
+        )
+        flow_run_id: UUID = flow_run.id
+        return flow_run_id
+
+    result: UUID = _api(url, trigger)
+    return result
+
+
+def _wait_for_state(url: str, flow_run_id: UUID, states: set[Any]) -> Any:
+    """Poll the flow run every second until its state type is in ``states``.
+
+    Returns:
+        The last state type read, which is outside ``states`` only when
+        RUN_TIMEOUT_S passed first.
+    """
+
+    async def state(client: Any) -> Any:
+        flow_run = await client.read_flow_run(flow_run_id)
+        return flow_run.state_type
+
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    current = _api(url, state)
+    while current not in states and time.monotonic() < deadline:
+        time.sleep(1)
+        current = _api(url, state)
+    return current
+
+
+def _children(pid: int) -> list[int]:
+    """Return the ids of the processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        # Fields after the command name, which is in parentheses: state, ppid.
+        fields = text.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _process_alive(pid: int) -> bool:
+    """Return whether ``pid`` runs; a zombie waiting to be reaped does not."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return text.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 @pytest.mark.integration
 def test_rerun_reuses_every_stage(
     served: dict[str, Any], first_run: dict[str, Any]
@@ -519,27 +578,9 @@ def test_rerun_reuses_every_stage(
         "runs_dir": str(served["runs_dir"]),
     }
 
-    async def trigger(client: Any) -> UUID:
-        deployment = await client.read_deployment_by_name("one-touch/analysis")
-        flow_run = await client.create_flow_run_from_deployment(
-            deployment.id, parameters=parameters
-        )
-        flow_run_id: UUID = flow_run.id
-        return flow_run_id
-
-    start = time.monotonic()
-    flow_run_id = _api(served["url"], trigger)
-
-    async def state(client: Any) -> StateType:
-        flow_run = await client.read_flow_run(flow_run_id)
-        state_type: StateType = flow_run.state_type
-        return state_type
-
+    flow_run_id = _trigger_analysis(served["url"], parameters)
     final = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED}
-    current = _api(served["url"], state)
-    while current not in final and time.monotonic() - start < RUN_TIMEOUT_S:
-        time.sleep(1)
-        current = _api(served["url"], state)
+    current = _wait_for_state(served["url"], flow_run_id, final)
     assert current == StateType.COMPLETED, _worker_log(served)
 
     if runstate.code_version() != served["code_version"]:
@@ -615,12 +656,29 @@ def test_nightly_schedule_registered(served: dict[str, Any]) -> None:
 
 @pytest.mark.integration
 def test_stop_script_ends_every_process(served: dict[str, Any]) -> None:
+    from prefect.client.schemas.objects import StateType
+
+    # Stop while a forced run is in progress: its flow-run process runs in a
+    # session of its own, outside the worker's process group.
+    parameters = {
+        "config": str(served["config"]),
+        "runs_dir": str(served["runs_dir"]),
+        "force": True,
+    }
+    flow_run_id = _trigger_analysis(served["url"], parameters)
+    running = _wait_for_state(served["url"], flow_run_id, {StateType.RUNNING})
+    assert running == StateType.RUNNING, _worker_log(served)
+    flow_processes = _children(served["groups"]["worker"])
+    assert flow_processes, "no flow-run process under the worker"
+
     done = subprocess.run(
         [str(STOP)], env=served["env"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     for name, pgid in served["groups"].items():
         assert not _group_alive(pgid), f"{name} (process group {pgid}) still runs"
+    for pid in flow_processes:
+        assert not _process_alive(pid), f"flow-run process {pid} still runs"
     assert not list(served["home"].glob("*.pgid"))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         refused = sock.connect_ex(("127.0.0.1", served["port"])) != 0
