@@ -219,9 +219,12 @@ def _artifacts(results: dict[str, Any], markdown: str, run_dir: Path) -> None:
         {"quantity": k, "value": v} for k, v in limit.items() if not isinstance(v, dict)
     ]
     create_table_artifact(rows, key="limit", description="upper limit")
-    plots = sorted(str(p) for p in run_dir.rglob("*.png"))
+    plots = sorted(run_dir.rglob("*.png"))
     create_markdown_artifact(
-        "# Plots\n\n" + "\n".join(f"- `{p}`" for p in plots),
+        "# Plots\n\n"
+        + "\n".join(
+            f"- [{p.relative_to(run_dir)}]({p.resolve().as_uri()})" for p in plots
+        ),
         key="plots",
         description="plots in the run directory",
     )
@@ -250,6 +253,9 @@ def one_touch(
         The content of ``results.json`` plus ``run_dir`` and ``report``.
     """
     logger = get_run_logger()
+    # Milestones of the physics modules are INFO records; let them through
+    # whatever level the root logger has in this process.
+    logging.getLogger("analysis").setLevel(logging.INFO)
     cfg = _load(config, unblind)
     run_dir = Path(runs_dir) / (run_name or cfg.name)
     with runstate.run_lock(run_dir):

@@ -27,6 +27,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from analysis.errors import AnalysisError, BatchError, ConfigError
 from analysis.production.config import load_config
@@ -40,7 +41,7 @@ from analysis.production.runner import (
 log = logging.getLogger(__name__)
 
 
-@task(name="run-production")
+@task(name="run-production", cache_policy=NO_CACHE, persist_result=False)
 def run_production(config_path: str, backend: str | None) -> dict[str, Any]:
     """Submit, poll and verify every job; return the output listing.
 

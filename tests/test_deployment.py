@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -450,11 +451,13 @@ def test_deployment_run_tasks_and_artifacts(
     assert by_key["report"].type == "markdown"
     assert "upper limit" in by_key["report"].data
     assert by_key["cutflow"].type == "table"
-    plots = re.findall(r"`([^`]+\.png)`", by_key["plots"].data)
+    plots = re.findall(r"\((file://[^)]+\.png)\)", by_key["plots"].data)
     assert plots, by_key["plots"].data
-    for plot in plots:
-        assert Path(plot).is_relative_to(first_run["run_dir"]), plot
-        assert Path(plot).is_file(), plot
+    run_dir = Path(first_run["run_dir"]).resolve()
+    for uri in plots:
+        plot = Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
+        assert plot.is_relative_to(run_dir), plot
+        assert plot.is_file(), plot
     for stage in ("preselection", "bdt", "limit"):
         progress = by_key[f"progress-{stage}"]
         assert progress.type == "progress"
