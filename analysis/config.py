@@ -195,6 +195,11 @@ class LimitConfig(_Strict):
     br_reference: float = Field(default=1e-8, gt=0)
     signal_systematics: dict[str, float] = Field(default_factory=dict)
     normalisation_systematics: dict[str, float] = Field(default_factory=dict)
+    toy_variation_files: dict[str, str] = Field(
+        default_factory=dict,
+        description="name -> CSV of relative signal variations, one toy per row "
+        "and one column per signal-region bin; reduced by PCA",
+    )
 
     @field_validator("signal_systematics", "normalisation_systematics")
     @classmethod
@@ -382,6 +387,13 @@ def parse_config(data: Any, base_dir: Path, source: str = "<config>") -> Analysi
         raise ConfigError(
             f"invalid analysis config {source}:\n  " + "\n  ".join(lines)
         ) from None
+
+    toy_files = {
+        name: os.path.normpath(base_dir / Path(path).expanduser())
+        for name, path in config.limit.toy_variation_files.items()
+    }
+    limit = config.limit.model_copy(update={"toy_variation_files": toy_files})
+    config = config.model_copy(update={"limit": limit})
 
     samples = []
     for sample in config.samples:

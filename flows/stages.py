@@ -772,6 +772,25 @@ def _joint_scan(
 # ---------------------------------------------------------------------------
 
 
+def _toy_variations(files: dict[str, str]) -> dict[str, np.ndarray]:
+    """Read toy variations (CSV: one toy per row, one column per bin).
+
+    Raises:
+        ConfigError: a file is missing or not a numeric table.
+    """
+    variations = {}
+    for name, path in files.items():
+        try:
+            variations[name] = np.loadtxt(path, delimiter=",", ndmin=2)
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"limit.toy_variation_files.{name}: cannot read {path} as a "
+                f"numeric CSV table ({err}); give one toy per row and one "
+                "column per signal-region bin"
+            ) from None
+    return variations
+
+
 def _scan_limit(
     inputs: limit.LimitInputs, lim: Any, progress: Progress | None
 ) -> limit.LimitResult:
@@ -850,6 +869,7 @@ def upper_limit(
         normalisation_systematics=dict(lim.normalisation_systematics)
         if has_lumi
         else {},
+        toy_variations=_toy_variations(lim.toy_variation_files),
     )
     spec = limit.build_workspace(inputs)
     workspace = limit.write_workspace(spec, out / "workspace.json")

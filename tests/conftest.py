@@ -172,6 +172,9 @@ def small_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
             sample["cross_section_nb"] = per_fb[sample["name"]]
             sample["generated_events"] = SMALL_EVENTS[f"{sample['name']}_events"]
     config["name"] = "small"
+    toys = config["limit"].get("toy_variation_files", {})
+    for name, path in toys.items():
+        toys[name] = str(PROJECT / "configs" / path)
     config["bdt"]["n_trials"] = 3
     config["limit"]["n_toys"] = 300
     config["figure_of_merit"]["n_cuts"] = 41

@@ -158,3 +158,21 @@ def test_expand_files_sorts_glob_matches(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, data))
     found = [p.name for p in expand_files(config.samples[0])]
     assert found == ["a.root", "b.root", "c.root"]
+
+
+def test_toy_variation_files_resolve_against_config(tmp_path: Path) -> None:
+    data = _minimal()
+    data["limit"]["toy_variation_files"] = {"muon_id": "toys/muid.csv"}
+    config = load_config(_write(tmp_path, data))
+    expected = str(tmp_path / "toys" / "muid.csv")
+    assert config.limit.toy_variation_files == {"muon_id": expected}
+
+
+def test_shipped_muon_id_toys_read(tmp_path: Path) -> None:
+    from flows.stages import _toy_variations
+
+    config = load_config(PROJECT / "configs" / "demo.yaml")
+    toys = _toy_variations(config.limit.toy_variation_files)
+    assert toys["muon_id"].shape == (200, 1)
+    with pytest.raises(ConfigError, match=r"toy_variation_files\.x: cannot read"):
+        _toy_variations({"x": str(tmp_path / "absent.csv")})

@@ -127,7 +127,13 @@ def test_run_directory_contents(first_run: dict[str, Any], small_config: Path) -
     for table in ("preselection/cutflow.csv", "preselection/cutflow.md"):
         assert (run_dir / table).is_file()
     workspace = json.loads((run_dir / "limit" / "workspace.json").read_text())
-    assert workspace["channels"][0]["samples"]
+    modifiers = {
+        m["name"]: m["type"]
+        for m in workspace["channels"][0]["samples"][0]["modifiers"]
+    }
+    # The muon-ID toys of the config enter as PCA components (histosys).
+    assert modifiers["muon_id_pc0"] == "histosys"
+    assert modifiers["tracking"] == "normsys"
     model = json.loads((run_dir / "bdt" / "model.json").read_text())
     assert "learner" in model, "model saved as xgboost JSON"
     report = (run_dir / "report.md").read_text()
