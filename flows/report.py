@@ -35,6 +35,23 @@ def _cutflow_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _estimate_lines(estimates: dict[str, Any]) -> list[str]:
+    if not estimates:
+        return []
+    lines = [
+        "",
+        "| background estimate at the working point | events | based on |",
+        "|---|---:|---|",
+    ]
+    for name, est in estimates.items():
+        bound = " (upper bound)" if est["is_upper_bound"] else ""
+        lines.append(
+            f"| {name} | {_fmt(est['value'])} +- {_fmt(est['uncertainty'])}{bound} "
+            f"| {est['n_sideband']} candidates |"
+        )
+    return [*lines, ""]
+
+
 def _joint_lines(joint: dict[str, Any] | None) -> list[str]:
     if not joint:
         return []
@@ -217,6 +234,7 @@ def render_report(results: dict[str, Any], run_dir: Path) -> str:
         f"({wp['background']['method']}"
         f"{', upper bound' if wp['background']['is_upper_bound'] else ''}).",
         "",
+        *_estimate_lines(wp.get("background_estimates", {})),
         "![Punzi scan](evaluation/punzi_scan.png)",
         "",
         *_joint_lines(results["working_point"].get("joint_scan")),
