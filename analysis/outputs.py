@@ -23,6 +23,13 @@ from analysis.errors import OutputError
 log = logging.getLogger(__name__)
 
 
+def _file_mode() -> int:
+    """Return the mode a new file gets under the process umask (0644 for 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` and rename it to ``path`` on success.
@@ -45,6 +52,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        # mkstemp creates the file readable by its owner only; give it the
+        # mode any other new file would get, so colleagues can read a run.
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, final)
     except OSError as err:
         tmp.unlink(missing_ok=True)

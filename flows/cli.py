@@ -28,8 +28,10 @@ DEMO_EVENTS = {
     "qqbar_events": 2_400_000,
     "data_events": 900_000,
 }
-DEMO_CONFIG = "configs/demo.yaml"
-DEMO_DIR = "data/demo"
+# The demo runs from any working directory: its files live in the checkout.
+PROJECT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = str(PROJECT / "configs" / "demo.yaml")
+DEMO_DIR = str(PROJECT / "data" / "demo")
 
 
 def _generate_demo(outdir: str, seed: int, force: bool) -> None:
@@ -84,7 +86,18 @@ def _print_summary(result: dict[str, Any]) -> None:
 def _run(
     config: str, run_name: str | None, unblind: bool, force: bool, runs_dir: str
 ) -> int:
+    from analysis.config import expand_files, load_config
     from flows.one_touch import one_touch
+
+    # Check the config and its inputs before Prefect starts, so a typo is
+    # reported in a second instead of after the server came up.
+    try:
+        checked = load_config(config)
+        for sample in checked.samples:
+            expand_files(sample)
+    except AnalysisError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
     # Prefect's logging setup, done on import, leaves httpx at INFO: one line
     # per API request. Keep those out of the terminal.

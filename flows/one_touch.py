@@ -45,7 +45,7 @@ STAGE_SECTIONS = {
         "extra_branches",
         "limit",
     ),
-    "signal_region": ("signal_region", "split"),
+    "signal_region": ("signal_region", "split", "blinding"),
     "bdt": ("bdt",),
     "working_point": ("figure_of_merit", "signal_region", "split", "limit"),
     "limit": ("limit", "blinding"),
@@ -80,6 +80,19 @@ class _Progress:
         update_progress_artifact(self._id, 100.0 * done / max(total, 1))
 
 
+class _WarningCollector(logging.Handler):
+    """Collect the messages of WARNING and ERROR records, without repeats."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = f"{record.name}: {record.getMessage()}"
+        if message not in self.messages:
+            self.messages.append(message)
+
+
 def _stage_task(name: str) -> Callable[..., Any]:
     return task(
         name=name,
@@ -106,10 +119,19 @@ def _run_stage(
             return summary
     runstate.maybe_inject_fault(run_dir, stage)
     start = time.perf_counter()
+    collector = _WarningCollector()
+    watched = [logging.getLogger(name) for name in ("analysis", "flows")]
+    for logger_ in watched:
+        logger_.addHandler(collector)
     try:
         summary = work()
     except AnalysisError as err:
         raise type(err)(f"stage {stage!r} failed: {err}") from err
+    finally:
+        for logger_ in watched:
+            logger_.removeHandler(collector)
+    # Warnings change how far a result can be trusted: keep them with it.
+    summary["warnings"] = collector.messages
     runstate.maybe_inject_fault(run_dir, stage, point="end")
     runstate.mark_completed(run_dir, stage, key, summary)
     logger.info("stage %s: done in %.1f s", stage, time.perf_counter() - start)
@@ -261,6 +283,9 @@ def one_touch(
     with runstate.run_lock(run_dir):
         if force:
             runstate.clear_records(run_dir)
+            # A forced run also searches the BDT parameters again.
+            for study in (run_dir / "bdt").glob("study-*.db"):
+                study.unlink()
         input_files = [f for files in stages.expanded_inputs(cfg) for f in files]
         hashes = runstate.file_hashes(input_files)
         code = runstate.code_version()

@@ -35,6 +35,23 @@ def _cutflow_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _warning_lines(warnings: dict[str, list[str]], bdt: dict[str, Any]) -> list[str]:
+    """List the warnings of every stage, and flag a failed overtraining test."""
+    items = [
+        f"- {stage}: {message}" for stage, msgs in warnings.items() for message in msgs
+    ]
+    for kind in ("signal", "background"):
+        p_value = bdt.get(f"ks_pvalue_{kind}")
+        if p_value is not None and p_value < 0.01:
+            items.append(
+                f"- bdt: KS test of the {kind} BDT score, train against test, has "
+                f"p-value {p_value:.2g} < 0.01: possible overtraining"
+            )
+    if not items:
+        return []
+    return ["", "## Warnings", "", *items]
+
+
 def _estimate_lines(estimates: dict[str, Any]) -> list[str]:
     if not estimates:
         return []
@@ -110,8 +127,8 @@ def build_results(
         "split_counts": summaries["signal_region"]["counts"],
         "bdt": {
             "best_params": summaries["bdt"]["best_params"],
-            "validation_auc": summaries["bdt"]["validation_auc"],
-            "train_auc": summaries["bdt"]["train_auc"],
+            "tuning_validation_auc": summaries["bdt"]["validation_auc"],
+            "tuning_train_auc": summaries["bdt"]["train_auc"],
             "n_trials": summaries["bdt"]["n_trials"],
             **working["metrics"],
         },
@@ -124,6 +141,11 @@ def build_results(
             "joint_scan": working.get("joint_scan"),
         },
         "limit": limit,
+        "warnings": {
+            stage: summary.get("warnings", [])
+            for stage, summary in summaries.items()
+            if summary.get("warnings")
+        },
     }
 
 
@@ -178,6 +200,7 @@ def render_report(results: dict[str, Any], run_dir: Path) -> str:
             f"{_fmt(expected[2], 3)} events** (no luminosity given: the run stops "
             "at the signal count)."
         )
+    lines += [*_warning_lines(results.get("warnings", {}), results["bdt"])]
     lines += [
         "",
         f"Blinded: {'yes' if results['blinded'] else 'no'}. "

@@ -341,7 +341,17 @@ def signal_region(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
             pl.Series("in_sideband", sidebands.mask(m, de, region)),
         )
         if sample.kind == "data" and not config.blinding.unblind:
-            log.info("%s: signal region blinded", sample.name)
+            # Blinding: data inside the blinded box around the signal region
+            # leave the analysis here, so no later count, plot or table sees
+            # them. Unblinding reruns this stage with them kept.
+            hidden = _in_box(sidebands.blind_box(region), m, de)
+            table = table.filter(pl.Series(~hidden))
+            m, de = _axes(table, names)
+            log.info(
+                "%s: blinded, %d candidates in the blinded box are hidden",
+                sample.name,
+                int(hidden.sum()),
+            )
         if sample.kind != "signal":
             background_axes.append((m, de))
         counts[sample.name] = {
@@ -388,6 +398,15 @@ def signal_region(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
     }
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _in_box(box: Any, mass: np.ndarray, delta_e: np.ndarray | None) -> np.ndarray:
+    """Return True for candidates inside a (M, Delta E) box; Delta E None is 1D."""
+    (m_low, m_high), de_box = box
+    inside = (mass >= m_low) & (mass <= m_high)
+    if de_box is not None and delta_e is not None:
+        inside &= (delta_e >= de_box[0]) & (delta_e <= de_box[1])
+    return np.asarray(inside, dtype=bool)
 
 
 def _sidebands(summary: dict[str, Any]) -> sr.Sidebands:
@@ -874,7 +893,7 @@ def upper_limit(
     spec = limit.build_workspace(inputs)
     workspace = limit.write_workspace(spec, out / "workspace.json")
     result = _scan_limit(inputs, lim, progress)
-    label = "B / B_ref" if has_lumi else "signal events"
+    label = f"B(tau -> 3mu) / {lim.br_reference:g}" if has_lumi else "signal events"
     plot = limit.plot_cls_scan(result, out / "cls_scan.png", poi_label=label)
 
     def events(mu: float | None) -> float | None:
