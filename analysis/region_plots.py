@@ -60,7 +60,7 @@ def _draw_axis_fit(
     ax_data: Axes, ax_pull: Axes, fit: AxisFit, values: np.ndarray, weights: np.ndarray
 ) -> None:
     low, high = fit.fit_range
-    edges = np.linspace(low, high, 61)
+    edges = np.linspace(low, high, 101)
     counts, _ = np.histogram(values, bins=edges, weights=weights)
     variances, _ = np.histogram(values, bins=edges, weights=weights**2)
     centres = 0.5 * (edges[1:] + edges[:-1])
@@ -76,8 +76,10 @@ def _draw_axis_fit(
     curve = fit.pdf(fine) * float(weights[in_range].sum()) * width
     label = fit.model.replace("_", " ")
     ax_data.plot(fine, curve, color=SIGNAL_COLOUR, lw=1.8, label=f"{label} fit")
+    # Location and width parameters are in GeV; alpha and n are numbers.
     text = "\n".join(
         f"{name} = {fit.values[name]:.4g} ± {fit.errors[name]:.2g}"
+        + (" GeV" if name.startswith(("mu", "sigma")) else "")
         for name in fit.values
     )
     ax_data.text(
@@ -91,7 +93,10 @@ def _draw_axis_fit(
     )
     ax_data.set_ylabel(f"candidates / {1000 * width:.1f} MeV")
     ax_data.set_yscale("log")
-    ax_data.set_ylim(bottom=max(0.5 * float(counts[counts > 0].min(initial=1.0)), 1e-3))
+    ax_data.set_ylim(
+        bottom=max(0.5 * float(counts[counts > 0].min(initial=1.0)), 1e-3),
+        top=20.0 * float(counts.max(initial=1.0)),
+    )
     ax_data.legend(frameon=False, fontsize=8, loc="upper left")
 
     with np.errstate(divide="ignore", invalid="ignore"):
