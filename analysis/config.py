@@ -217,7 +217,7 @@ STEP_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|kB|KB|MB|GB|KiB|MiB|GiB)\s*$")
 
 
 class ReadingConfig(_Strict):
-    """How the ntuples are read: chunk size and worker processes."""
+    """Reading settings: chunk size and worker processes."""
 
     workers: int = Field(
         default=1, ge=1, description="worker processes, each reading whole files"

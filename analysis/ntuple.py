@@ -2,7 +2,7 @@
 
 Only the branches a run needs are read, in chunks sized by bytes, so memory
 does not grow with the number of candidates. Every failure to read names the
-file, the tree and the reason, and says what to do.
+file, the tree and the reason, and what to do.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ _FLAT_INTERPRETATIONS = (
 
 
 def open_file(path: str | os.PathLike[str]) -> Any:
-    """Open a ROOT file for reading and check that it holds objects.
+    """Open a ROOT file for reading and check that it contains objects.
 
     Raises:
         InputFileError: the path is missing or a folder, the file is not ROOT,
@@ -95,7 +95,7 @@ def open_tree(handle: Any, tree: str | None, path: str | os.PathLike[str]) -> An
     if tree is None:
         if len(trees) != 1:
             raise InputFileError(
-                f"{path} holds {len(trees)} trees ({', '.join(trees) or 'none'}); "
+                f"{path} contains {len(trees)} trees ({', '.join(trees) or 'none'}); "
                 "set the sample's tree to one of them"
             )
         tree = trees[0]
@@ -150,7 +150,7 @@ def describe_tree(path: str | os.PathLike[str], tree: str | None) -> str:
 def check_branches(
     tree: Any, branches: Sequence[str], path: str | os.PathLike[str]
 ) -> None:
-    """Check that every branch exists and holds one number per entry.
+    """Check that every branch exists and stores one number per entry.
 
     Raises:
         MissingBranchError: a branch is absent; the message lists near names.
@@ -191,7 +191,7 @@ def iterate_tree(
 
     Args:
         path: ROOT file.
-        tree: tree name, or None when the file holds one tree.
+        tree: tree name, or None when the file contains one tree.
         branches: branch names to read; nothing else is read from disk.
         step_size: chunk size, in bytes (``"64 MB"``) or entries (int).
 

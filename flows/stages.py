@@ -212,7 +212,7 @@ def preselection(
         try:
             table, steps = select_sample(spec, progress=report)
         except (MissingBranchError, CutError) as err:
-            # A variable missing from an event-wise tree: say what the tree is.
+            # When the tree is event-wise, the hint names its jagged branches.
             hint = describe_tree(spec.files[0], spec.tree)
             raise type(err)(f"sample {sample.name!r}: {err}{hint}") from err
         except AnalysisError as err:
@@ -342,8 +342,8 @@ def signal_region(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
         )
         if sample.kind == "data" and not config.blinding.unblind:
             # Blinding: data inside the blinded box around the signal region
-            # leave the analysis here, so no later count, plot or table sees
-            # them. Unblinding reruns this stage with them kept.
+            # leave the analysis here, so no later count, plot or table
+            # contains them. Unblinding reruns this stage with them kept.
             hidden = _in_box(sidebands.blind_box(region), m, de)
             table = table.filter(pl.Series(~hidden))
             m, de = _axes(table, names)

@@ -17,7 +17,7 @@ from flows import stages
 def signal_as_data(
     small_config: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    """Configs whose data sample also holds the signal MC file, blinded and not."""
+    """Write configs whose data sample also reads the signal MC file."""
     folder = tmp_path_factory.mktemp("blinding")
     config = yaml.safe_load(small_config.read_text())
     data = next(s for s in config["samples"] if s["kind"] == "data")
