@@ -134,6 +134,9 @@ class SignalRegionConfig(_Strict):
     n_sigma: float = Field(default=2.0, gt=0, le=10)
     sidebands: Sidebands = Field(default_factory=Sidebands)
     background_method: Literal["sideband", "mc"] = "sideband"
+    background_mass_model: Literal["exponential", "polynomial"] = "exponential"
+    background_mass_degree: int = Field(default=1, ge=0, le=5)
+    background_delta_e_model: Literal["flat", "linear"] = "flat"
     fit_range_mass: tuple[float, float] | None = None
 
 

@@ -602,6 +602,9 @@ def _estimate(
             passing["weight"].to_numpy()[sideband],
             region,
             sidebands,
+            mass_model=config.signal_region.background_mass_model,
+            mass_degree=config.signal_region.background_mass_degree,
+            delta_e_model=config.signal_region.background_delta_e_model,
             cl=config.limit.cl,
         )
     if mc is not None:
