@@ -28,15 +28,21 @@ def isotropic_directions(n: int, rng: np.random.Generator) -> FloatArray:
     cos_theta = rng.uniform(-1.0, 1.0, n)
     phi = rng.uniform(0.0, 2.0 * np.pi, n)
     sin_theta = np.sqrt(1.0 - cos_theta**2)
-    return np.column_stack(
-        [sin_theta * np.cos(phi), sin_theta * np.sin(phi), cos_theta]
-    )
+    out = np.empty((n, 3))
+    out[:, 0] = sin_theta * np.cos(phi)
+    out[:, 1] = sin_theta * np.sin(phi)
+    out[:, 2] = cos_theta
+    return out
 
 
 def four_vectors(momentum: FloatArray, mass: FloatArray | float) -> FloatArray:
     """Build four-vectors from three-momenta ``(n, 3)`` and masses (GeV)."""
-    energy = np.sqrt(np.sum(momentum**2, axis=1) + np.asarray(mass) ** 2)
-    return np.column_stack([momentum, energy])
+    out = np.empty((momentum.shape[0], 4))
+    out[:, :3] = momentum
+    out[:, 3] = np.sqrt(
+        np.einsum("ij,ij->i", momentum, momentum) + np.asarray(mass) ** 2
+    )
+    return out
 
 
 def boost(p4: FloatArray, beta: FloatArray) -> FloatArray:
@@ -46,14 +52,15 @@ def boost(p4: FloatArray, beta: FloatArray) -> FloatArray:
     momenta from a parent's rest frame into the frame where the parent moves
     with velocity ``beta``.
     """
-    b2 = np.sum(beta**2, axis=1)
+    b2 = np.einsum("ij,ij->i", beta, beta)
     gamma = 1.0 / np.sqrt(1.0 - b2)
-    bp = np.sum(beta * p4[:, :3], axis=1)
+    bp = np.einsum("ij,ij->i", beta, p4[:, :3])
     safe_b2 = np.where(b2 > 0.0, b2, 1.0)
     gamma2 = np.where(b2 > 0.0, (gamma - 1.0) / safe_b2, 0.0)
-    space = p4[:, :3] + (gamma2 * bp + gamma * p4[:, 3])[:, None] * beta
-    energy = gamma * (p4[:, 3] + bp)
-    return np.column_stack([space, energy])
+    out = np.empty_like(p4)
+    out[:, :3] = p4[:, :3] + (gamma2 * bp + gamma * p4[:, 3])[:, None] * beta
+    out[:, 3] = gamma * (p4[:, 3] + bp)
+    return out
 
 
 def velocity(p4: FloatArray) -> FloatArray:
@@ -63,7 +70,7 @@ def velocity(p4: FloatArray) -> FloatArray:
 
 def invariant_mass(p4: FloatArray) -> FloatArray:
     """Return the invariant mass (GeV); tiny negative squares from rounding are 0."""
-    m2 = p4[:, 3] ** 2 - np.sum(p4[:, :3] ** 2, axis=1)
+    m2 = p4[:, 3] ** 2 - np.einsum("ij,ij->i", p4[:, :3], p4[:, :3])
     return np.sqrt(np.clip(m2, 0.0, None))
 
 
