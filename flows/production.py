@@ -79,8 +79,14 @@ def run_production(config_path: str, backend: str | None) -> dict[str, Any]:
     }
 
 
-def _kill_on_cancel(flow_obj: Any, flow_run: Any, state: Any) -> None:
-    """Kill the run's batch jobs listed in the ledger when Prefect cancels it."""
+def _kill_on_cancel(flow: Any, flow_run: Any, state: Any) -> None:
+    """Kill the run's batch jobs listed in the ledger when Prefect cancels it.
+
+    The parameter names are part of the hook interface. The flow engine
+    passes the arguments by position, but the runner behind ``flow.serve()``
+    passes them as ``flow=``, ``flow_run=`` and ``state=`` (Prefect 3.9.1,
+    ``prefect/runner/_hook_runner.py``).
+    """
     parameters = getattr(flow_run, "parameters", {}) or {}
     config = load_config(parameters["config"])
     backend = make_backend(config, parameters.get("backend"))
