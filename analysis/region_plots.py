@@ -320,7 +320,7 @@ def plot_punzi_scan(result: ScanResult, path: str | Path) -> Path:
         result.fom + result.fom_uncertainty,
         color="grey",
         alpha=0.3,
-        label="±1σ (background MC statistics)",
+        label="±1σ (statistics of the background estimate)",
     )
     ax_fom.plot(
         cuts[result.allowed],
@@ -338,7 +338,7 @@ def plot_punzi_scan(result: ScanResult, path: str | Path) -> Path:
             ms=4,
             mfc="none",
             color="black",
-            label="too few background MC candidates",
+            label="too few candidates behind the background estimate",
         )
     low, high = result.stability["plateau_cut_range"]
     ax_fom.axvspan(
@@ -362,7 +362,11 @@ def plot_punzi_scan(result: ScanResult, path: str | Path) -> Path:
     ax_eff.set_xlabel("BDT cut")
     ax_bkg = ax_eff.twinx()
     ax_bkg.plot(
-        cuts, result.background, ".", color=BACKGROUND_COLOUR, label="background (MC)"
+        cuts,
+        result.background,
+        ".",
+        color=BACKGROUND_COLOUR,
+        label="expected background",
     )
     if result.smooth != "none":
         ax_bkg.plot(

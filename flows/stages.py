@@ -672,6 +672,8 @@ def working_point(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
         background[0],
         background[-1],
     )
+    # n_mc_events takes the raw count each estimate rests on: sideband data
+    # for the sideband fit, simulated candidates for the MC estimate.
     scan = fom.scan_cut(
         cuts,
         efficiency,
