@@ -1,6 +1,6 @@
 """Exceptions raised by the analysis code.
 
-Every message says what was expected, what was found, where (file, tree,
+Every message states what was expected, what was found, where (file, tree,
 branch, config key) and what to do about it.
 """
 

@@ -14,7 +14,7 @@ BDT cut and the ellipse size in standard deviations together. Both guard
 against picking a statistical fluctuation of the background MC: cuts with fewer
 than ``min_background_mc_events`` raw MC candidates cannot be chosen, and
 ``smooth="exponential"`` replaces B by a fit of ``log B`` against the cut. The
-``stability`` of a result says how far the optimum moves when the MC counts
+``stability`` of a result measures how far the optimum moves when the MC counts
 fluctuate (Poisson toys) and which cuts give a figure of merit within one
 standard deviation of the best.
 """

@@ -1,6 +1,6 @@
 """Generate tau -> 3mu ntuples in basf2's VariablesToNtuple layout.
 
-The generator stands in for basf2 production wherever basf2 cannot run (this
+The generator replaces basf2 production wherever basf2 cannot run (this
 machine, the tests, the demo). It writes one row per candidate with basf2's
 bookkeeping branches and escaped branch names, for four samples:
 

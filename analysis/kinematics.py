@@ -48,7 +48,7 @@ def four_vectors(momentum: FloatArray, mass: FloatArray | float) -> FloatArray:
 def boost(p4: FloatArray, beta: FloatArray) -> FloatArray:
     """Boost four-vectors ``p4`` by velocity vectors ``beta`` (shape ``(n, 3)``).
 
-    A frame moving with ``-beta`` sees the particles of ``p4``: this takes
+    The result is ``p4`` seen from a frame moving with ``-beta``. This takes
     momenta from a parent's rest frame into the frame where the parent moves
     with velocity ``beta``.
     """
@@ -147,8 +147,8 @@ def thrust(momenta: list[FloatArray]) -> FloatArray:
 
     The thrust is ``max_n sum_i |p_i . n| / sum_i |p_i|``. The maximum over
     unit vectors n equals the maximum over sign choices of ``|sum_i s_i p_i|``
-    with ``s_i = +-1``, which holds also when the visible momenta do not
-    balance; with up to about ten particles the ``2**(k-1)`` sign choices are
+    with ``s_i = +-1``, which is true also when the visible momenta do not
+    balance. With up to about ten particles the ``2**(k-1)`` sign choices are
     enumerated directly.
 
     Args:

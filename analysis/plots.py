@@ -21,7 +21,7 @@ KIND_COLOURS = {"signal": "#d62728", "background": "#1f77b4", "data": "black"}
 
 
 def axis_label(variable: str) -> str:
-    """Return the basf2 name of a branch with its unit, when the name tells it.
+    """Return the basf2 name of a branch with its unit, when the name implies one.
 
     Masses, energies and momenta are in GeV and squared masses in GeV^2, as
     basf2 writes them.

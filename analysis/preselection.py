@@ -80,7 +80,7 @@ class _EventCounter:
 
 @dataclass
 class SampleSelection:
-    """What to read from one sample and how to select it.
+    """Selection of one sample: files, tree, cuts, kept branches and weights.
 
     Attributes:
         workers: number of worker processes that read files in parallel;

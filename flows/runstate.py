@@ -1,6 +1,6 @@
 """Run directories: the lock, stage completion records and fault injection.
 
-A stage is complete when ``<run_dir>/.stages/<stage>.json`` exists and holds
+A stage is complete when ``<run_dir>/.stages/<stage>.json`` exists and contains
 the same key as the current run. The key hashes the config sections the
 stage reads, the keys of the stages before it, the SHA-256 of every input
 file and the source code of the package, so a rerun with unchanged inputs
@@ -32,8 +32,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 # Environment variable for fault injection, a comma-separated list of
 # "<stage>[:mode]". Modes: "once" (the default) raises a transient error at the
-# start of the stage once per run directory, so the retry passes; "always"
-# fails the stage with a permanent error; "kill" sends SIGKILL to the process
+# start of the stage once per run directory, so the retry passes. "always"
+# fails the stage with a permanent error. "kill" sends SIGKILL to the process
 # after the stage wrote its outputs but before its completion record, once per
 # run directory, to test crash and resume.
 FAULT_VARIABLE = "TAU3MU_INJECT_FAULT"

@@ -467,8 +467,8 @@ def train(
 
     The optuna study is stored as ``bdt/study-<study_tag>.db``. The flow passes
     the start of the stage key as the tag, so a rerun after a crash resumes
-    the same study, while changed inputs or settings start a new one; studies
-    of other tags are deleted first.
+    the same study and changed inputs or settings start a new one. Studies of
+    other tags are deleted first.
     """
     out = _stage_dir(run_dir, "bdt")
     study_path = out / f"study-{study_tag}.db"

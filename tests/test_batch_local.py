@@ -76,7 +76,7 @@ def test_local_reattach_after_restart(tmp_path: Path) -> None:
         while not (log.exists() and "started" in log.read_text()):
             assert time.monotonic() < deadline, "payload did not start within 20 s"
             time.sleep(0.05)
-        # A new instance, as after an orchestrator crash, sees the job only
+        # A new instance, as after an orchestrator crash, finds the job only
         # through its state file.
         second = LocalBackend(tmp_path / "state")
         assert second.poll([job_id])[job_id].state is JobState.RUNNING

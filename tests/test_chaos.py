@@ -159,7 +159,7 @@ def test_chaos_no_job_lost_or_duplicated(emu: Path, tmp_path: Path) -> None:
     assert used >= 10, injected
     assert set(injected) == {*BJOBS_FAULTS, "override"}, injected
 
-    # No job lost: all 280 done, each output holds its own seed.
+    # No job lost: all 280 done, each output contains its own seed.
     assert len(jobs) == 280
     assert result.jobs == 280
     assert {job.state for job in jobs.values()} == {lg.DONE}

@@ -1,4 +1,4 @@
-"""The session Prefect server answers, and a flow run is recorded on it."""
+"""The session Prefect server responds, and a flow run is recorded on it."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from analysis.errors import BatchError
 
 
 class TransientBatchError(BatchError):
-    """The batch system did not answer this time (daemon down, timeout, ...).
+    """The batch system did not respond this time (daemon down, timeout, ...).
 
     The caller retries later with backoff; a transient error never counts as a
     job failure.
@@ -26,7 +26,7 @@ class TransientBatchError(BatchError):
 
 
 class JobState(enum.StrEnum):
-    """State of a job as the orchestrator sees it."""
+    """State of a job as the orchestrator tracks it."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -57,7 +57,7 @@ SUSPENDED = frozenset({"PSUSP", "USUSP", "SSUSP"})
 
 @dataclass(frozen=True)
 class JobStatus:
-    """What the batch system reports for one job.
+    """Status of one job as the batch system reports it.
 
     Attributes:
         job_id: batch job id, ``"123"`` or ``"123[4]"`` for an array element.
@@ -158,7 +158,7 @@ class BatchBackend(abc.ABC):
             up with :meth:`find_by_name` before submitting it again.
 
         Raises:
-            TransientBatchError: the batch system did not answer; the job may
+            TransientBatchError: the batch system did not respond; the job may
                 still exist, so look it up by name before retrying.
             BatchError: the submission was rejected (bad queue, bad option).
         """
@@ -171,12 +171,12 @@ class BatchBackend(abc.ABC):
     def poll(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         """Return the status of each job in ``job_ids`` that the system reported.
 
-        Jobs the batch system no longer knows come back as
+        Jobs the batch system no longer lists come back as
         :attr:`JobState.NOT_FOUND`. Ids missing from the result were not
         reported at all in this call.
 
         Raises:
-            TransientBatchError: no usable answer this time.
+            TransientBatchError: no usable response this time.
         """
 
     @abc.abstractmethod
@@ -233,7 +233,7 @@ def parse_job_report(text: str) -> JobReport | None:
     output that happens to contain ``Successfully completed.`` is ignored.
 
     Returns:
-        The outcome, or ``None`` when the log holds no complete job report.
+        The outcome, or ``None`` when the log contains no complete job report.
     """
     start = text.rfind(_REPORT_HEADER)
     if start < 0:

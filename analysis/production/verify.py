@@ -33,7 +33,7 @@ def verify_root_output(path: Path, tree: str) -> int:
             keys = handle.keys(cycle=False)
             if tree not in keys:
                 raise InputFileError(
-                    f"tree {tree!r} not found in output {path}; it holds {keys}."
+                    f"tree {tree!r} not found in output {path}; it contains {keys}."
                     + did_you_mean(tree, keys)
                 )
             obj = handle[tree]
