@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from analysis.errors import ConfigError, did_you_mean
+from analysis.production.config import LocalSettings, LsfSettings, PollSettings
 
 SAMPLE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -219,12 +220,41 @@ class LimitConfig(_Strict):
 STEP_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(B|kB|KB|MB|GB|KiB|MiB|GiB)\s*$")
 
 
-class ReadingConfig(_Strict):
-    """Reading settings: chunk size and worker processes."""
+class BatchReadingConfig(_Strict):
+    """File groups as batch jobs: backend, group size and batch options.
 
+    ``lsf``, ``local`` and ``poll`` take the keys of the production config's
+    sections of the same names (docs/production.md).
+    """
+
+    backend: Literal["lsf", "local"] = "lsf"
+    files_per_job: int = Field(default=10, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    use_arrays: bool = False
+    work_dir: str | None = Field(
+        default=None,
+        description="specs, ledgers, logs and results; default: "
+        "<run>/preselection/batch, relative paths from the config's folder",
+    )
+    lsf: LsfSettings = Field(default_factory=LsfSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    poll: PollSettings = Field(
+        default_factory=lambda: PollSettings(interval_s=30.0, not_found_grace_s=120.0)
+    )
+
+
+class ReadingConfig(_Strict):
+    """Reading settings: chunk size, and which executor reads the files."""
+
+    executor: Literal["processes", "batch"] = Field(
+        default="processes",
+        description="'processes': this machine, 'workers' processes; "
+        "'batch': groups of files as LSF (or local) batch jobs",
+    )
     workers: int = Field(
         default=1, ge=1, description="worker processes, each reading whole files"
     )
+    batch: BatchReadingConfig = Field(default_factory=BatchReadingConfig)
     step_size: str | Annotated[int, Field(gt=0)] = Field(
         default="64 MB",
         description="chunk size: bytes with a unit ('64 MB') or a number of entries",
@@ -397,6 +427,12 @@ def parse_config(data: Any, base_dir: Path, source: str = "<config>") -> Analysi
     }
     limit = config.limit.model_copy(update={"toy_variation_files": toy_files})
     config = config.model_copy(update={"limit": limit})
+    work_dir = config.reading.batch.work_dir
+    if work_dir is not None:
+        resolved = os.path.normpath(base_dir / Path(work_dir).expanduser())
+        batch = config.reading.batch.model_copy(update={"work_dir": resolved})
+        reading = config.reading.model_copy(update={"batch": batch})
+        config = config.model_copy(update={"reading": reading})
 
     samples = []
     for sample in config.samples:

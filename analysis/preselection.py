@@ -13,8 +13,12 @@ luminosity, a fixed weight from the config, or 1.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from analysis.batch_reading import BatchSettings, select_in_batch
 from analysis.cuts import Cut, parse_cut, parse_expression
 from analysis.errors import ConfigError, CutError, PhysicsError
 from analysis.ntuple import EVENT_BRANCHES, iterate_tree, tree_branches
@@ -86,6 +91,9 @@ class SampleSelection:
         workers: number of worker processes that read files in parallel;
             1 reads every file in the calling process. The result does not
             depend on the number of workers.
+        batch: when set, groups of files run as batch jobs instead (see
+            :mod:`analysis.batch_reading`) and ``workers`` is ignored. The
+            result is the same as in one process.
     """
 
     name: str
@@ -98,6 +106,7 @@ class SampleSelection:
     step_size: str | int = "64 MB"
     salt: int = 0
     workers: int = 1
+    batch: BatchSettings | None = None
 
 
 @dataclass
@@ -232,8 +241,9 @@ def select_sample(
     """Apply the preselection to one sample, file by file and chunk by chunk.
 
     With ``spec.workers > 1`` the files are read by that many worker
-    processes. Each file's counts are added in file order, so the cut-flow
-    and the table are identical for any number of workers.
+    processes; with ``spec.batch`` set, groups of files run as batch jobs.
+    Each file's counts are added in file order, so the cut-flow and the table
+    are identical for any number of workers and any executor.
 
     Args:
         spec: files, tree, named cuts, branches to keep and the weight scale.
@@ -250,6 +260,7 @@ def select_sample(
         CutError: a cut is invalid or names an unknown branch.
         PhysicsError: the sample has no input files.
         ConfigError: ``spec.workers`` is below 1.
+        BatchError: a batch job failed on every attempt.
     """
     if not spec.files:
         raise PhysicsError(f"sample {spec.name!r} has no input files")
@@ -260,7 +271,9 @@ def select_sample(
     available = tree_branches(spec.files[0], spec.tree)
     plan = _plan(spec, available)
     workers = min(spec.workers, len(spec.files))
-    if workers == 1:
+    if spec.batch is not None:
+        results = select_in_batch(spec, available, spec.batch, progress)
+    elif workers == 1:
         results = _select_in_process(spec, available, progress)
     else:
         results = _select_in_workers(spec, available, workers, progress)
@@ -314,7 +327,12 @@ def _select_in_workers(
         workers,
     )
     results: list[FileSelection | None] = [None] * len(spec.files)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
         futures = {
             pool.submit(select_file, spec, index, list(available)): index
             for index in range(len(spec.files))
@@ -329,6 +347,23 @@ def _select_in_workers(
                 future.cancel()
             raise
     return [r for r in results if r is not None]
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make a worker end when the process that started it ends.
+
+    Without this, a worker whose parent was killed (SIGKILL, out of memory)
+    would read on until its current file is done. Linux sends the signal set
+    by ``prctl(PR_SET_PDEATHSIG)`` when the parent dies; the check of the
+    parent pid covers a parent that died before the call.
+    """
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _with_ids_and_weights(

@@ -33,6 +33,7 @@ from analysis import background as bkg
 from analysis import bdt as bdt_mod
 from analysis import fom, limit
 from analysis import signal_region as sr
+from analysis.batch_reading import BatchSettings
 from analysis.config import AnalysisConfig, Sample, expand_files
 from analysis.errors import (
     AnalysisError,
@@ -115,6 +116,23 @@ def _quiet(logger_name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def _batch_settings(config: AnalysisConfig, stage_dir: Path) -> BatchSettings | None:
+    """Return the batch settings of the preselection, or None to read here."""
+    if config.reading.executor != "batch":
+        return None
+    batch = config.reading.batch
+    return BatchSettings(
+        backend=batch.backend,
+        files_per_job=batch.files_per_job,
+        work_dir=Path(batch.work_dir) if batch.work_dir else stage_dir / "batch",
+        max_attempts=batch.max_attempts,
+        use_arrays=batch.use_arrays,
+        lsf=batch.lsf,
+        local=batch.local,
+        poll=batch.poll,
+    )
 
 
 def _stage_dir(run_dir: Path, name: str) -> Path:
@@ -203,6 +221,7 @@ def preselection(
             step_size=config.reading.step_size,
             salt=config.samples.index(sample),
             workers=config.reading.workers,
+            batch=_batch_settings(config, out),
         )
 
         def report(files_done: int, _total: int, offset: int = done) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +152,96 @@ def test_workers_below_one_rejected(three_files: list[Path]) -> None:
         select_sample(_spec(three_files, workers=0))
 
 
+_KILLED_PARENT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from analysis.preselection import SampleSelection, select_sample
+from tests.test_reading_scale import CUTS, TREE
+spec = SampleSelection(
+    name="probe", files=sys.argv[2:], tree=TREE, cuts=CUTS, keep=["M"],
+    step_size=50, workers=2,
+)
+select_sample(spec)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == pid and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process ``pid`` so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields 14 and 15 of stat; the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux /proc and prctl")
+def test_workers_end_with_killed_parent(tmp_path: Path) -> None:
+    # Two files that take each worker about 10 s in 50-entry chunks.
+    files = []
+    for index in range(2):
+        path = tmp_path / f"slow-{index}.root"
+        write_random_ntuple(path, 300_000, seed=40 + index)
+        files.append(str(path))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_PARENT, str(PROJECT), *files]
+    )
+    workers: list[int] = []
+    try:
+        # Wait until both workers read their file: a worker that is still
+        # starting ends with its parent anyway, as its start-up pipe closes.
+        # Imports take about 1 s of CPU time, a file about 10 s, so at 3 s
+        # a worker is reading.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert parent.poll() is None, "the parent ended before it was killed"
+            time.sleep(0.1)
+            workers = _children(parent.pid)
+            if len(workers) == 2 and all(_cpu_seconds(w) > 3 for w in workers):
+                break
+        else:
+            pytest.fail(f"the workers {workers} did not start reading in 60 s")
+        parent.kill()
+        parent.wait(timeout=10)
+        # Without the parent-death signal the workers would read on for
+        # seconds; with it they end at once.
+        deadline = time.monotonic() + 3
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for worker in workers:
+            if _alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
 # The child process runs the preselection on each file given in argv and
 # prints, per file, the peak resident memory of that run as JSON. Before each
 # run it resets the peak (VmHWM) by writing 5 to /proc/self/clear_refs, so
@@ -248,7 +341,7 @@ def test_reading_config_defaults_and_values() -> None:
         ({"step_size": "64 MBB"}, r"reading\.step_size: step_size '64 MBB' is not"),
         ({"step_size": 0}, r"reading\.step_size"),
         ({"workers": 0}, r"reading\.workers: .*greater than or equal to 1"),
-        ({"executor": "dask"}, r"reading\.executor: unknown key"),
+        ({"executor": "dask"}, r"reading\.executor: .*'processes' or 'batch'"),
     ],
 )
 def test_reading_config_rejects_invalid(

@@ -126,6 +126,8 @@ class Production:
         backend: batch backend the jobs go to.
         stop: when set, the loop cancels the run and kills its jobs.
         clock: Unix time source, replaceable in tests.
+        progress: called as ``progress(jobs_done, jobs_total)`` after each
+            poll cycle in which the number of finished jobs changed.
     """
 
     def __init__(
@@ -134,14 +136,17 @@ class Production:
         backend: BatchBackend,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.config = config
+        self.progress = progress
         self.backend = backend
         self.stop = stop or threading.Event()
         self.clock = clock
         self.plans = {plan.name: plan for plan in build_plan(config)}
         self.ledger_path = config.run_dir / LEDGER_NAME
         self.bjobs_cycles = 0
+        self._reported_done = -1
         self._ledger: lg.Ledger | None = None
 
     @property
@@ -660,12 +665,21 @@ class Production:
                     continue
                 errors_in_row = 0
                 delay = poll.interval_s
+                self._report_progress()
         except Exception:
             raise
         except BaseException as exc:
             self.cancel(f"{type(exc).__name__}: {exc}")
             raise
         return self._finish()
+
+    def _report_progress(self) -> None:
+        if self.progress is None:
+            return
+        done = self.ledger.count([lg.DONE])
+        if done != self._reported_done:
+            self._reported_done = done
+            self.progress(done, len(self.plans))
 
     def cancel(self, reason: str) -> int:
         """Kill every active job of the run with the backend and record it.
