@@ -92,11 +92,12 @@ def _chaos(state: Path, stop: threading.Event, injected: Counter[str]) -> None:
             injected[kind] += 1
         now = time.monotonic()
         if now >= next_override and rng.random() < 0.3:
-            # 0.4 s, shorter than unknown_escalate_s, and never two in a row,
-            # so the loop must wait each one out without escalating.
+            # 0.4 s, shorter than unknown_escalate_s, and at least 3 s apart:
+            # even a loop slowed by load sees the normal state between two
+            # overrides, so it must wait each one out without escalating.
             lsfemu.override_stat(state, rng.choice(ARRAYS), rng.choice(STATS), 0.4)
             injected["override"] += 1
-            next_override = now + 0.8
+            next_override = now + 3.0
 
 
 def _emulator_jobs(state: Path) -> list[dict[str, Any]]:
@@ -135,7 +136,9 @@ def test_chaos_no_job_lost_or_duplicated(emu: Path, tmp_path: Path) -> None:
     )
     for kind in BSUB_FAULTS:
         lsfemu.add_fault(emu, "bsub", kind)
-    lsfemu.override_stat(emu, f"{ESCALATED}.a1", "UNKWN", 60)
+    # UNKWN for an hour: under load the single job c.00003 can be submitted
+    # more than a minute after this line, and the override counts from here.
+    lsfemu.override_stat(emu, f"{ESCALATED}.a1", "UNKWN", 3600)
 
     stop = threading.Event()
     injected: Counter[str] = Counter()
