@@ -9,6 +9,9 @@ Phases (each writes ``<out>/<phase>.json``):
   as the studies (split seed 0), each point trained to its full tree count as
   the old batch grid did.
 - ``optuna``: studies with seeds 1, 2, 3 at each trial budget of ``--budgets``.
+- ``ceiling``: one fixed recipe as a 5-fold ensemble, trained on TrainTree
+  and scored on TestTree, then the other way round, with out-of-fold AUCs
+  and the bootstrap error of the test AUC: what each tree gives at most.
 - ``report``: writes the Markdown summary from the JSON files.
 
 Every model is scored once on TestTree. Run from the repository root::
@@ -42,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from analysis.bdt import (
     SEARCH_SPACE,
     BDTSettings,
+    fold_by_group,
     library_versions,
     penalised_score,
     split_by_group,
@@ -327,6 +331,101 @@ def phase_optuna(
     return {"max_auc_ratio": max_auc_ratio, "runs": runs}
 
 
+#: The fixed recipe of the ceiling phase: settings close to the grid's best.
+CEILING_PARAMS = {
+    "max_depth": 3,
+    "learning_rate": 0.03,
+    "min_child_weight": 10,
+    "subsample": 0.5,
+    "colsample_bytree": 0.6,
+}
+CEILING_FOLDS = 5
+BOOTSTRAP_RESAMPLES = 300
+
+
+def _fold_ensemble(
+    fit_on: pl.DataFrame, score: pl.DataFrame, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train one model per fold, each stopped early on its own fold.
+
+    Returns the summed margins of the fold models on ``fit_on`` and on
+    ``score``, and the out-of-fold margins on ``fit_on``.
+    """
+    x = fit_on.select(FEATURES).to_numpy().astype(np.float32)
+    y = fit_on["is_signal"].to_numpy()
+    w = balanced_weights(fit_on)
+    x_score = xgb.DMatrix(score.select(FEATURES).to_numpy().astype(np.float32))
+    x_all = xgb.DMatrix(x)
+    folds = fold_by_group(fit_on["event_id"].to_numpy(), CEILING_FOLDS, seed)
+    on_fit, on_score, out_of_fold = (
+        np.zeros(y.size),
+        np.zeros(score.height),
+        np.zeros(y.size),
+    )
+    for fold in range(CEILING_FOLDS):
+        held = folds == fold
+        booster = xgb.train(
+            {**_fixed_params(), **CEILING_PARAMS, "seed": seed},
+            xgb.DMatrix(x[~held], label=y[~held], weight=w[~held]),
+            num_boost_round=4000,
+            evals=[(xgb.DMatrix(x[held], label=y[held], weight=w[held]), "valid")],
+            early_stopping_rounds=100,
+            verbose_eval=False,
+        )
+        trees = (0, booster.best_iteration + 1)
+        on_fit += booster.predict(x_all, iteration_range=trees, output_margin=True)
+        on_score += booster.predict(x_score, iteration_range=trees, output_margin=True)
+        out_of_fold[held] = booster.predict(
+            xgb.DMatrix(x[held]), iteration_range=trees, output_margin=True
+        )
+    return on_fit, on_score, out_of_fold
+
+
+def phase_ceiling(train: pl.DataFrame, test: pl.DataFrame) -> dict[str, Any]:
+    """Measure what one fixed recipe reaches on each tree, in both directions.
+
+    A 5-fold ensemble of the recipe is trained on TrainTree and scored on
+    TestTree, then trained on TestTree and scored on TrainTree. Out-of-fold
+    AUCs show what each tree gives on its own events. The bootstrap spread of
+    the forward test AUC is its statistical error.
+    """
+    runs = []
+    y_train, y_test = train["is_signal"].to_numpy(), test["is_signal"].to_numpy()
+    for seed in STUDY_SEEDS:
+        start = time.perf_counter()
+        on_train, on_test, oof_train = _fold_ensemble(train, test, seed)
+        back_on_test, back_on_train, oof_test = _fold_ensemble(test, train, seed)
+        runs.append(
+            {
+                "seed": seed,
+                "forward_train_auc": weighted_auc(y_train, on_train, None),
+                "forward_oof_auc": weighted_auc(y_train, oof_train, None),
+                "forward_test_auc": weighted_auc(y_test, on_test, None),
+                "swapped_oof_auc": weighted_auc(y_test, oof_test, None),
+                "swapped_score_on_train": weighted_auc(y_train, back_on_train, None),
+                "swapped_fit_auc": weighted_auc(y_test, back_on_test, None),
+                "wall_s": time.perf_counter() - start,
+            }
+        )
+        if seed == STUDY_SEEDS[0]:
+            rng = np.random.default_rng(0)
+            resampled = [
+                weighted_auc(y_test[rows], on_test[rows], None)
+                for rows in (
+                    rng.integers(0, y_test.size, y_test.size)
+                    for _ in range(BOOTSTRAP_RESAMPLES)
+                )
+            ]
+            bootstrap_std = float(np.std(resampled))
+        log.info("ceiling seed %d: %s", seed, runs[-1])
+    return {
+        "params": CEILING_PARAMS,
+        "folds": CEILING_FOLDS,
+        "bootstrap_std_test_auc": bootstrap_std,
+        "runs": runs,
+    }
+
+
 def _suggest_one(trial: optuna.Trial, name: str, spec: tuple[Any, ...]) -> Any:
     if spec[0] == "int":
         return trial.suggest_int(name, spec[1], spec[2], log=spec[3])
@@ -367,7 +466,44 @@ def phase_report(out: Path, markdown: Path) -> None:
     lines += _report_grid(out)
     lines += _report_comparison(out)
     lines += _report_threads(out)
+    lines += _report_ceiling(out)
     write_text(markdown, "\n".join(lines) + "\n")
+
+
+def _report_ceiling(out: Path) -> list[str]:
+    path = out / "ceiling.json"
+    if not path.is_file():
+        return ["Ceiling phase not run.", ""]
+    result = json.loads(path.read_text())
+    columns = [
+        ("forward_train_auc", "fit on Train: Train"),
+        ("forward_oof_auc", "out of fold, Train"),
+        ("forward_test_auc", "fit on Train: Test"),
+        ("swapped_fit_auc", "fit on Test: Test"),
+        ("swapped_oof_auc", "out of fold, Test"),
+        ("swapped_score_on_train", "fit on Test: Train"),
+    ]
+    lines = [
+        f"## Ceiling: one recipe, both directions ({result['folds']}-fold ensemble)",
+        "",
+        f"Recipe: {result['params']}, early stopping on each fold.",
+        "",
+        "| seed | " + " | ".join(label for _, label in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for run in result["runs"]:
+        values = " | ".join(f"{run[key]:.4f}" for key, _ in columns)
+        lines.append(f"| {run['seed']} | {values} |")
+    medians = " | ".join(
+        f"{statistics.median(r[key] for r in result['runs']):.4f}" for key, _ in columns
+    )
+    lines += [
+        f"| median | {medians} |",
+        "",
+        f"Bootstrap error of the test AUC: {result['bootstrap_std_test_auc']:.4f}.",
+        "",
+    ]
+    return lines
 
 
 def _report_optuna(out: Path) -> list[str]:
@@ -524,7 +660,7 @@ def main() -> None:
     parser.add_argument(
         "--phases",
         default="all",
-        help="comma-separated: threads, layouts, grid, optuna, report, all",
+        help="comma-separated: threads, layouts, grid, optuna, ceiling, report, all",
     )
     parser.add_argument(
         "--budgets",
@@ -576,6 +712,8 @@ def main() -> None:
         write_json(args.out / "layouts.json", phase_layouts(train))
     if "grid" in phases:
         write_json(args.out / "grid.json", phase_grid(train, test))
+    if "ceiling" in phases:
+        write_json(args.out / "ceiling.json", phase_ceiling(train, test))
     if "optuna" in phases:
         budgets = [int(b) for b in args.budgets.split(",")]
         write_json(
