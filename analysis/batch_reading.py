@@ -12,8 +12,8 @@ Everything a job needs is in one JSON spec, whose hash names the work folder
 ``<work_dir>/<sample>-<hash>``. The production ledger lives there, so a rerun
 with the same inputs and cuts (a retried task, a resumed flow) re-attaches to
 the running jobs and reuses finished groups instead of submitting them again.
-A change to the files, cuts, kept branches or chunk size gives a new hash and
-a new folder.
+A change to the files (their paths, sizes or modification times), cuts, kept
+branches or chunk size gives a new hash and a new folder.
 
 Run one group by hand (what each batch job runs)::
 
@@ -88,9 +88,13 @@ def job_spec(spec: Any, available: Sequence[str], files_per_job: int) -> dict[st
         available: branch names the cuts are resolved against.
         files_per_job: files per group.
     """
+    files = [Path(f).resolve() for f in spec.files]
     return {
         "name": spec.name,
-        "files": [str(Path(f).resolve()) for f in spec.files],
+        "files": [str(f) for f in files],
+        # Size and modification time: a file rewritten in place (a new
+        # production into the same paths) gives a new key, not stale results.
+        "file_stats": [_stat(f) for f in files],
         "tree": spec.tree,
         "cuts": [list(c) for c in spec.cuts],
         "keep": list(spec.keep),
@@ -101,6 +105,17 @@ def job_spec(spec: Any, available: Sequence[str], files_per_job: int) -> dict[st
         "available": list(available),
         "files_per_job": files_per_job,
     }
+
+
+def _stat(path: Path) -> list[int]:
+    try:
+        info = path.stat()
+    except OSError as err:
+        raise InputFileError(
+            f"input file {path} cannot be read: {err.strerror}; check the sample's "
+            "files in the config"
+        ) from err
+    return [info.st_size, info.st_mtime_ns]
 
 
 def spec_key(data: dict[str, Any]) -> str:

@@ -149,6 +149,47 @@ def test_rerun_reuses_finished_groups(
     assert len(list((tmp_path / "work").iterdir())) == 2
 
 
+def test_rewritten_file_is_read_again(tmp_path: Path, emu: Path) -> None:
+    files = []
+    for index in range(2):
+        path = tmp_path / f"part-{index}.root"
+        write_random_ntuple(path, 5000, seed=index + 31)
+        files.append(path)
+    settings = _batch(tmp_path / "work", "lsf")
+    first, _ = select_sample(_spec(files, settings))
+
+    # A new production writes other events to the same path.
+    write_random_ntuple(files[1], 7000, seed=99)
+    again, _ = select_sample(_spec(files, settings))
+    reference, _ = select_sample(_spec(files))
+
+    assert again.equals(reference)
+    assert not again.equals(first)
+    assert lsfemu.count_calls(emu, "bsub") == 2
+
+
+def test_rerun_after_fix_retries_group(
+    five_files: list[Path], tmp_path: Path, emu: Path
+) -> None:
+    lsfemu.set_control(
+        emu,
+        fail_names={
+            "preselection.sample.00000.a1": 1,
+            "preselection.sample.00000.a2": 1,
+        },
+    )
+    settings = _batch(tmp_path / "work", "lsf", max_attempts=2)
+    with pytest.raises(BatchError, match=r"preselection\.sample\.00000: 2 attempts"):
+        select_sample(_spec(five_files, settings))
+
+    lsfemu.set_control(emu, fail_names={})
+    table, _ = select_sample(_spec(five_files, settings))
+    reference, _ = select_sample(_spec(five_files))
+    assert table.equals(reference)
+    assert lsfemu.submissions_by_name(emu)["preselection.sample.00000.a3"] == 1
+    assert lsfemu.submissions_by_name(emu)["preselection.sample.00001.a1"] == 1
+
+
 def test_failed_job_is_resubmitted(
     five_files: list[Path], tmp_path: Path, emu: Path
 ) -> None:

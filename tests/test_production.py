@@ -110,6 +110,33 @@ def test_final_failure_summary(emu: Path, tmp_path: Path) -> None:
         assert ledger.job("t.sig.00001").state == lg.DONE
 
 
+def test_rerun_retries_jobs_failed_for_good(emu: Path, tmp_path: Path) -> None:
+    lsfemu.set_control(emu, fail_names={"t.sig.00000.a1": 4, "t.sig.00000.a2": 4})
+    config = _config(tmp_path, max_attempts=2)
+    with pytest.raises(BatchError):
+        _run(config)
+
+    # The cause is fixed: the rerun gives the job two new attempts.
+    lsfemu.set_control(emu, fail_names={"t.sig.00000.a3": 5})
+    production = Production(config, make_backend(config))
+    try:
+        result = production.run()
+    finally:
+        production.close()
+    assert result.entries == {"sig": 20}
+    with _ledger(config) as ledger:
+        job = ledger.job("t.sig.00000")
+        statuses = [r["status"] for r in ledger.submissions("t.sig.00000")]
+        reopened = ledger.events("reopened")
+    assert job.state == lg.DONE
+    assert job.attempt == 4
+    assert statuses == ["retry", "failed", "retry", "done"]
+    assert [e["detail"] for e in reopened] == ["t.sig.00000"]
+    # The job that was done in the first run is not submitted again.
+    assert lsfemu.submissions_by_name(emu)["t.sig.00001.a1"] == 1
+    assert "t.sig.00001.a2" not in lsfemu.submissions_by_name(emu)
+
+
 def test_empty_output_counts_as_failure(emu: Path, tmp_path: Path) -> None:
     config = _config(tmp_path, payload=toy_payload("--entries", "0"), max_attempts=1)
     with pytest.raises(BatchError, match="has no entries"):

@@ -435,6 +435,31 @@ class Ledger:
         self._write("UPDATE jobs SET failures = failures + 1 WHERE name = ?", (job,))
         self.set_state(job, state, exit_code=exit_code, reason=reason)
 
+    def reopen_failed(self) -> list[str]:
+        """Give every job that failed for good a new set of attempts.
+
+        A rerun calls this after the user fixed the cause: the jobs go back
+        to ``retry`` with their failure count reset, and their next attempt
+        number continues, so batch job names never repeat.
+
+        Returns:
+            The names of the reopened jobs.
+        """
+        rows = self._conn.execute("SELECT name FROM jobs WHERE state = ?", (FAILED,))
+        names = [str(row[0]) for row in rows]
+        if names:
+            now = time.time()
+            self._transaction(
+                (
+                    "UPDATE jobs SET state = ?, failures = 0, updated_at = ? "
+                    "WHERE name = ?",
+                    (RETRY, now, name),
+                )
+                for name in names
+            )
+            self.add_event(None, "reopened", ", ".join(names))
+        return names
+
     def add_event(self, job: str | None, kind: str, detail: str = "") -> None:
         """Append an event (kill, escalation, suspension, ...) to the ledger."""
         self._write(

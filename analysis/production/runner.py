@@ -626,6 +626,16 @@ class Production:
         added = self.ledger.add_jobs(
             (p.name, p.sample, p.index, p.outputs, p.argv) for p in self.plans.values()
         )
+        reopened = self.ledger.reopen_failed()
+        if reopened:
+            log.warning(
+                "production %s: %d jobs failed for good in an earlier run and get "
+                "%d new attempts: %s",
+                self.config.name,
+                len(reopened),
+                self.config.max_attempts,
+                ", ".join(reopened[:10]) + (" ..." if len(reopened) > 10 else ""),
+            )
         active = self.ledger.count(lg.ACTIVE)
         done = self.ledger.count([lg.DONE])
         log.info(
