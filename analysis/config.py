@@ -272,6 +272,16 @@ class ReadingConfig(_Strict):
         return value
 
 
+class SkimsConfig(_Strict):
+    """Formats of the preselection's per-sample skims (parquet always)."""
+
+    root: bool = Field(
+        default=False,
+        description="also write each skim as a ROOT file with a flat TTree",
+    )
+    root_tree: str = Field(default="skim", description="tree name in the ROOT skims")
+
+
 class Blinding(_Strict):
     """Whether the data signal region may be looked at."""
 
@@ -297,6 +307,7 @@ class AnalysisConfig(_Strict):
     extra_branches: list[str] = Field(
         default_factory=list, description="more branches to keep in the skims"
     )
+    skims: SkimsConfig = Field(default_factory=SkimsConfig)
 
     @model_validator(mode="after")
     def _check_samples(self) -> AnalysisConfig:

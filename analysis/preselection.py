@@ -29,7 +29,8 @@ import polars as pl
 
 from analysis.batch_reading import BatchSettings, select_in_batch
 from analysis.cuts import Cut, parse_cut, parse_expression
-from analysis.errors import ConfigError, CutError, PhysicsError
+from analysis.errors import ConfigError, CutError, OutputError, PhysicsError
+from analysis.generate import write_ntuple
 from analysis.ntuple import EVENT_BRANCHES, iterate_tree, tree_branches
 from analysis.outputs import atomic_path
 from analysis.split import _splitmix64, event_ids
@@ -473,3 +474,37 @@ def write_parquet(table: pl.DataFrame, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         table.write_parquet(tmp)
     return Path(path)
+
+
+def write_root_skim(table: pl.DataFrame, path: str | Path, tree: str) -> Path:
+    """Write a skim as a flat TTree that ROOT reads, atomically.
+
+    Numeric and boolean columns become branches of their own type (``Int64``
+    becomes ``Long64_t``), except that 8- and 16-bit integers are widened to
+    32 bits: ROOT shows a ``Char_t`` branch as a character. String columns
+    such as ``sample`` and ``kind`` hold one value per file, so they are left
+    out and named in the log.
+
+    Raises:
+        OutputError: a column is neither numeric, boolean nor a string (a
+            list, for example).
+    """
+    columns: dict[str, np.ndarray] = {}
+    dropped = []
+    for name, dtype in table.schema.items():
+        if dtype == pl.String or dtype == pl.Categorical:
+            dropped.append(name)
+        elif dtype in (pl.Int8, pl.Int16):
+            columns[name] = table[name].cast(pl.Int32).to_numpy()
+        elif dtype in (pl.UInt8, pl.UInt16):
+            columns[name] = table[name].cast(pl.UInt32).to_numpy()
+        elif dtype.is_numeric() or dtype == pl.Boolean:
+            columns[name] = table[name].to_numpy()
+        else:
+            raise OutputError(
+                f"column {name!r} of type {dtype} cannot be written to the ROOT "
+                f"skim {path}; keep only flat numeric branches"
+            )
+    if dropped:
+        log.info("ROOT skim %s: left out the string columns %s", path, dropped)
+    return write_ntuple(path, columns, tree=tree)

@@ -44,6 +44,7 @@ STAGE_SECTIONS = {
         "signal_region",
         "extra_branches",
         "limit",
+        "skims",
     ),
     "signal_region": ("signal_region", "split", "blinding"),
     "bdt": ("bdt",),

@@ -54,6 +54,7 @@ from analysis.preselection import (
     cutflow_table,
     select_sample,
     write_parquet,
+    write_root_skim,
 )
 from analysis.split import is_test_event
 
@@ -207,6 +208,7 @@ def preselection(
 
     cut_steps: list[CutFlowStep] = []
     skims: dict[str, str] = {}
+    root_skims: dict[str, str] = {}
     total_files = sum(len(f) for f in files.values())
     done = 0
     for sample in config.samples:
@@ -261,6 +263,10 @@ def preselection(
         )
         cut_steps.extend(steps)
         skims[sample.name] = str(write_parquet(table, out / f"{sample.name}.parquet"))
+        if config.skims.root:
+            root_skim = out / f"{sample.name}.root"
+            write_root_skim(table, root_skim, config.skims.root_tree)
+            root_skims[sample.name] = str(root_skim)
 
     flow_table = cutflow_table(cut_steps)
     with_csv = out / "cutflow.csv"
@@ -281,6 +287,7 @@ def preselection(
     )
     return {
         "skims": skims,
+        "root_skims": root_skims,
         "cutflow_csv": str(with_csv),
         "cutflow_md": str(out / "cutflow.md"),
         "cutflow": flow_table.to_dicts(),
@@ -341,6 +348,7 @@ def signal_region(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
     )
 
     skims: dict[str, str] = {}
+    root_skims: dict[str, str] = {}
     counts: dict[str, dict[str, int]] = {}
     background_axes: list[tuple[Any, Any]] = []
     for sample in config.samples:
@@ -380,6 +388,10 @@ def signal_region(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
             "in_sideband": int(table["in_sideband"].sum()),
         }
         skims[sample.name] = str(write_parquet(table, out / f"{sample.name}.parquet"))
+        if config.skims.root:
+            root_skim = out / f"{sample.name}.root"
+            write_root_skim(table, root_skim, config.skims.root_tree)
+            root_skims[sample.name] = str(root_skim)
 
     write_json(out / "region.json", region.to_dict())
     write_json(out / "shape.json", shape.to_dict())

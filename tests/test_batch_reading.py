@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
+import uproot
 import yaml
 
 from analysis.batch_reading import BatchSettings, groups, main
@@ -310,6 +312,7 @@ def test_flow_stage_reads_through_batch(small_config: Path, tmp_path: Path) -> N
         "executor": "batch",
         "batch": {"backend": "local", "files_per_job": 1, "poll": {"interval_s": 0.2}},
     }
+    data["skims"] = {"root": True, "root_tree": "tau3mu_skim"}
     batch_path = tmp_path / "batch.yaml"
     batch_path.write_text(yaml.safe_dump(data))
     batch = load_config(batch_path)
@@ -322,3 +325,14 @@ def test_flow_stage_reads_through_batch(small_config: Path, tmp_path: Path) -> N
         assert pl.read_parquet(by_jobs["skims"][name]).equals(pl.read_parquet(path))
     ledgers = list((tmp_path / "jobs" / "preselection" / "batch").glob("*/ledger*"))
     assert len(ledgers) == len(local.samples)
+
+    # The ROOT skims, asked for in the batch config only, match the parquet.
+    assert in_process["root_skims"] == {}
+    assert sorted(by_jobs["root_skims"]) == sorted(by_jobs["skims"])
+    for name, path in by_jobs["root_skims"].items():
+        skim = pl.read_parquet(by_jobs["skims"][name])
+        with uproot.open(path) as handle:
+            arrays = handle["tau3mu_skim"].arrays(library="np")
+        assert set(arrays) == set(skim.columns) - {"sample", "kind"}
+        for column, values in arrays.items():
+            np.testing.assert_array_equal(values, skim[column].to_numpy())

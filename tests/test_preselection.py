@@ -10,7 +10,7 @@ import pytest
 import uproot
 
 from analysis.config import load_config
-from analysis.errors import CutError
+from analysis.errors import CutError, OutputError
 from analysis.generate import generate_sample, write_ntuple
 from analysis.preselection import (
     SampleSelection,
@@ -18,6 +18,7 @@ from analysis.preselection import (
     cutflow_markdown,
     cutflow_table,
     select_sample,
+    write_root_skim,
 )
 from flows import stages
 
@@ -167,3 +168,51 @@ def test_axis_labels_state_units() -> None:
     assert axis_label("useCMSFrame__bop__bc") == "useCMSFrame(p) [GeV]"
     assert axis_label("missingMass2OfEvent") == "missingMass2OfEvent [GeV$^2$]"
     assert axis_label("thrust") == "thrust"
+
+
+def test_root_skim_round_trip(tmp_path: Path) -> None:
+    table = pl.DataFrame(
+        {
+            "M": [1.77, float("nan"), 1.80],
+            "nTracks": pl.Series([3, 4, 5], dtype=pl.Int32),
+            "__event__": pl.Series([7, 8, 9], dtype=pl.UInt32),
+            "passesTrigger": [True, False, True],
+            "is_signal": pl.Series([1, 0, 1], dtype=pl.Int8),
+            "event_id": pl.Series([-5, 2**40, 3], dtype=pl.Int64),
+            "sample": ["signal"] * 3,
+        }
+    )
+    path = write_root_skim(table, tmp_path / "skim.root", "skim")
+    with uproot.open(path) as handle:
+        tree = handle["skim"]
+        arrays = tree.arrays(library="np")
+        names = list(tree.keys())
+        types = {name: tree[name].typename for name in names}
+
+    assert sorted(arrays) == sorted(set(table.columns) - {"sample"})
+    for name, values in arrays.items():
+        np.testing.assert_array_equal(values, table[name].to_numpy())
+    assert types == {
+        "M": "double",
+        "nTracks": "int32_t",
+        "__event__": "uint32_t",
+        "passesTrigger": "bool",
+        "is_signal": "int32_t",
+        "event_id": "int64_t",
+    }
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_root_skim_of_empty_table(tmp_path: Path) -> None:
+    empty = pl.DataFrame({"M": pl.Series([], dtype=pl.Float64)})
+    path = write_root_skim(empty, tmp_path / "empty.root", "skim")
+    with uproot.open(path) as handle:
+        assert handle["skim"].num_entries == 0
+        assert handle["skim"].keys() == ["M"]
+
+
+def test_root_skim_rejects_lists(tmp_path: Path) -> None:
+    jagged = pl.DataFrame({"p": [[1.0, 2.0], [3.0]]})
+    with pytest.raises(OutputError, match="column 'p' of type List"):
+        write_root_skim(jagged, tmp_path / "jagged.root", "skim")
+    assert not list(tmp_path.iterdir())
