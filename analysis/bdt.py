@@ -70,6 +70,10 @@ SEARCH_SPACE: dict[str, tuple[Any, ...]] = {
 REPORT_EVERY = 10
 
 _PRUNERS = ("median", "none")
+_FINAL_MODELS = ("refit", "fold_average")
+#: Largest difference of margins between the averaged booster and the mean of
+#: the fold boosters; xgboost predicts in float32, so 1e-6 relative is rounding.
+_AVERAGE_TOLERANCE = 1e-4
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _METADATA_SUFFIX = ".meta.json"
 _FORMAT_VERSION = 1
@@ -112,6 +116,11 @@ class BDTSettings:
             seed compares studies of different sampler seeds on the same split.
         pruner: "median" (optuna MedianPruner) or "none".
         study_name: name of the study inside the storage file.
+        final_model: "refit" trains one model with the best parameters (on
+            the training side of the split, or on all rows with k folds and
+            the mean tree count). "fold_average" needs ``n_folds`` and keeps
+            the k fold models, each trained on its training folds to its own
+            tree count, averaged into one model.
     """
 
     n_trials: int = 30
@@ -127,6 +136,7 @@ class BDTSettings:
     split_seed: int | None = None
     pruner: str = "median"
     study_name: str = "bdt"
+    final_model: str = "refit"
 
     def __post_init__(self) -> None:
         _check_int("n_trials", self.n_trials, minimum=1)
@@ -167,6 +177,17 @@ class BDTSettings:
             raise ConfigError(
                 f"bdt setting pruner={self.pruner!r} is invalid: expected one of "
                 f"{', '.join(_PRUNERS)}.{did_you_mean(str(self.pruner), _PRUNERS)}"
+            )
+        if self.final_model not in _FINAL_MODELS:
+            raise ConfigError(
+                f"bdt setting final_model={self.final_model!r} is invalid: expected "
+                f"one of {', '.join(_FINAL_MODELS)}."
+                + did_you_mean(str(self.final_model), _FINAL_MODELS)
+            )
+        if self.final_model == "fold_average" and self.n_folds is None:
+            raise ConfigError(
+                "bdt setting final_model='fold_average' averages the models of "
+                "k-fold cross-validation; set n_folds (for example 5) as well"
             )
         if not (isinstance(self.study_name, str) and self.study_name):
             raise ConfigError(
@@ -668,7 +689,7 @@ def _fingerprint(
     fixed = {
         key: value
         for key, value in dataclasses.asdict(settings).items()
-        if key not in ("n_trials", "timeout_s", "n_jobs", "study_name")
+        if key not in ("n_trials", "timeout_s", "n_jobs", "study_name", "final_model")
     }
     return {"features": features, "data_sha256": digest.hexdigest(), "settings": fixed}
 
@@ -895,14 +916,20 @@ def _fit_final(
     else:
         train = (data.x, data.y, data.w)
 
-    dtrain = xgb.DMatrix(
-        train[0],
-        label=train[1],
-        weight=train[2],
-        feature_names=features,
-        nthread=settings.n_threads,
-    )
-    booster = xgb.train(_xgb_params(params, settings), dtrain, num_boost_round=n_trees)
+    if settings.final_model == "fold_average":
+        booster = _fold_average(best, data, features, settings)
+        params["num_boost_round"] = booster.num_boosted_rounds()
+    else:
+        dtrain = xgb.DMatrix(
+            train[0],
+            label=train[1],
+            weight=train[2],
+            feature_names=features,
+            nthread=settings.n_threads,
+        )
+        booster = xgb.train(
+            _xgb_params(params, settings), dtrain, num_boost_round=n_trees
+        )
 
     validation_auc = float(best.user_attrs["valid_auc"])
     train_auc = float(best.user_attrs["train_auc"])
@@ -928,6 +955,7 @@ def _fit_final(
         "best_trial": best.number,
         "best_score": best.value,
         "n_trees_per_fold": best.user_attrs["n_trees"],
+        "final_model": settings.final_model,
         "n_train_rows": int(train[1].size),
         "n_rows": int(data.y.size),
         "library_versions": library_versions(),
@@ -941,6 +969,109 @@ def _fit_final(
         train_auc=train_auc,
         n_trials_done=0,
     )
+
+
+def _fold_average(
+    best: optuna.trial.FrozenTrial,
+    data: _Dataset,
+    features: list[str],
+    settings: BDTSettings,
+) -> xgb.Booster:
+    """Train the k fold models of the best trial and average them into one.
+
+    Fold i is trained on the other folds to the tree count it reached in the
+    trial. The average of the k margins (log-odds) is itself a booster: all
+    trees, with leaf values divided by k, and the mean of the base margins.
+
+    Raises:
+        PhysicsError: the averaged booster does not reproduce the mean margin,
+            which would mean xgboost changed its model format.
+    """
+    boosters = []
+    for fold, n_trees in enumerate(best.user_attrs["n_trees"]):
+        train, _ = _sides(data, fold)
+        dtrain = xgb.DMatrix(
+            train[0],
+            label=train[1],
+            weight=train[2],
+            feature_names=features,
+            nthread=settings.n_threads,
+        )
+        params = {**best.params, "num_boost_round": n_trees}
+        boosters.append(
+            xgb.train(_xgb_params(params, settings), dtrain, num_boost_round=n_trees)
+        )
+    averaged = average_boosters(boosters)
+
+    matrix = xgb.DMatrix(data.x, feature_names=features, nthread=settings.n_threads)
+    expected = np.mean(
+        [b.predict(matrix, output_margin=True) for b in boosters], axis=0
+    )
+    found = averaged.predict(matrix, output_margin=True)
+    worst = float(np.max(np.abs(found - expected), initial=0.0))
+    if worst > _AVERAGE_TOLERANCE:
+        raise PhysicsError(
+            f"the averaged fold models differ from the mean of the folds by "
+            f"{worst:.3g} in log-odds (tolerance {_AVERAGE_TOLERANCE}); xgboost "
+            f"{xgb.__version__} may store models differently, so set "
+            "final_model: refit"
+        )
+    log.info(
+        "bdt: averaged %d fold models with %s trees into one model",
+        len(boosters),
+        [b.num_boosted_rounds() for b in boosters],
+    )
+    return averaged
+
+
+def average_boosters(boosters: Sequence[xgb.Booster]) -> xgb.Booster:
+    """Return one binary:logistic booster whose margin is the mean of the given ones.
+
+    The trees of every booster are concatenated with their leaf values divided
+    by the number of boosters, and the base score is set to the sigmoid of the
+    mean base margin. Works on xgboost's JSON model format (gbtree).
+
+    Raises:
+        ConfigError: no boosters, or a booster is not a single-output gbtree.
+    """
+    if not boosters:
+        raise ConfigError("average_boosters needs at least one booster")
+    models = [json.loads(bytes(b.save_raw(raw_format="json"))) for b in boosters]
+    scale = 1.0 / len(models)
+    base_margins = []
+    trees: list[dict[str, Any]] = []
+    for model in models:
+        learner = model["learner"]
+        booster = learner["gradient_booster"]
+        if booster["name"] != "gbtree" or learner["objective"]["name"] != (
+            "binary:logistic"
+        ):
+            raise ConfigError(
+                f"average_boosters takes binary:logistic gbtree models, got "
+                f"{learner['objective']['name']} {booster['name']}"
+            )
+        base = float(str(learner["learner_model_param"]["base_score"]).strip("[]"))
+        base_margins.append(math.log(base / (1.0 - base)))
+        for tree in booster["model"]["trees"]:
+            for node, left in enumerate(tree["left_children"]):
+                if left == -1:  # a leaf: its value is in split_conditions
+                    tree["split_conditions"][node] *= scale
+                    tree["base_weights"][node] *= scale
+            tree["id"] = len(trees)
+            trees.append(tree)
+
+    merged = models[0]
+    body = merged["learner"]["gradient_booster"]["model"]
+    body["trees"] = trees
+    body["tree_info"] = [0] * len(trees)
+    body["iteration_indptr"] = list(range(len(trees) + 1))
+    body["gbtree_model_param"]["num_trees"] = str(len(trees))
+    mean_margin = float(np.mean(base_margins))
+    base_score = 1.0 / (1.0 + math.exp(-mean_margin))
+    merged["learner"]["learner_model_param"]["base_score"] = f"[{base_score!r}]"
+    averaged = xgb.Booster()
+    averaged.load_model(bytearray(json.dumps(merged).encode("utf-8")))
+    return averaged
 
 
 def _metadata_path(model_path: Path) -> Path:

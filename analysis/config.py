@@ -169,6 +169,10 @@ class BDTConfig(_Strict):
         default=None, ge=2, description="k-fold cross-validation by event"
     )
     pruner: Literal["median", "none"] = "median"
+    final_model: Literal["refit", "fold_average"] = Field(
+        default="refit",
+        description="'fold_average' (with n_folds) averages the k fold models",
+    )
 
 
 class FigureOfMerit(_Strict):

@@ -293,8 +293,14 @@ def phase_optuna(
     budgets: list[int],
     out: Path,
     max_auc_ratio: float = MAX_AUC_RATIO,
+    n_folds: int | None = None,
+    final_model: str = "refit",
 ) -> dict[str, Any]:
-    """Run one study per seed and budget and score its model on TestTree."""
+    """Run one study per seed and budget and score its model on TestTree.
+
+    The train AUC is taken on the rows the final model was trained on: the
+    training side of the split, or all of TrainTree with k folds.
+    """
     runs = []
     for n_trials in budgets:
         for seed in STUDY_SEEDS:
@@ -303,6 +309,8 @@ def phase_optuna(
                 seed=seed,
                 split_seed=SPLIT_SEED,
                 max_auc_ratio=max_auc_ratio,
+                n_folds=n_folds,
+                final_model=final_model,
             )
             study_path = out / f"study_{n_trials}_{seed}.db"
             study_path.unlink(missing_ok=True)  # time a fresh study, not a resume
@@ -315,7 +323,8 @@ def phase_optuna(
             )
             wall = time.perf_counter() - start
             is_valid = split_by_group(train["event_id"].to_numpy(), 0.25, SPLIT_SEED)
-            metrics = evaluate(bdt, train.filter(pl.Series(~is_valid)), test)
+            fitted = train if n_folds else train.filter(pl.Series(~is_valid))
+            metrics = evaluate(bdt, fitted, test)
             runs.append(
                 {
                     "n_trials": n_trials,
@@ -328,7 +337,12 @@ def phase_optuna(
                 }
             )
             log.info("optuna n_trials=%d seed=%d: %s", n_trials, seed, runs[-1])
-    return {"max_auc_ratio": max_auc_ratio, "runs": runs}
+    return {
+        "max_auc_ratio": max_auc_ratio,
+        "n_folds": n_folds,
+        "final_model": final_model,
+        "runs": runs,
+    }
 
 
 #: The fixed recipe of the ceiling phase: settings close to the grid's best.
@@ -675,6 +689,18 @@ def main() -> None:
         f"{MAX_AUC_RATIO})",
     )
     parser.add_argument(
+        "--n-folds",
+        type=int,
+        default=None,
+        help="k-fold cross-validation in the studies instead of one split",
+    )
+    parser.add_argument(
+        "--final-model",
+        choices=("refit", "fold_average"),
+        default="refit",
+        help="final model of the studies (fold_average needs --n-folds)",
+    )
+    parser.add_argument(
         "--markdown",
         type=Path,
         default=Path(__file__).with_name("RESULTS-bdt.md"),
@@ -718,7 +744,15 @@ def main() -> None:
         budgets = [int(b) for b in args.budgets.split(",")]
         write_json(
             args.out / "optuna.json",
-            phase_optuna(train, test, budgets, args.out, args.max_auc_ratio),
+            phase_optuna(
+                train,
+                test,
+                budgets,
+                args.out,
+                args.max_auc_ratio,
+                args.n_folds,
+                args.final_model,
+            ),
         )
     if "report" in phases:
         phase_report(args.out, args.markdown)

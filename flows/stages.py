@@ -522,6 +522,7 @@ def train(
         balance_classes=config.bdt.balance_classes,
         n_folds=config.bdt.n_folds,
         pruner=config.bdt.pruner,
+        final_model=config.bdt.final_model,
     )
     # optuna logs each trial through its own stderr handler; send those lines
     # through logging instead, so they reach the Prefect run logs.

@@ -7,6 +7,7 @@ For two unit-variance Gaussians the best possible AUC is Phi(SHIFT / sqrt(2)).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,12 +17,14 @@ import optuna
 import polars as pl
 import pytest
 import uproot
+import xgboost as xgb
 from scipy import stats
 
 from analysis.bdt import (
     BDTSettings,
     TrainedBDT,
     add_bdt_column,
+    average_boosters,
     evaluate,
     fold_by_group,
     load_model,
@@ -102,11 +105,17 @@ def trained(sample: pl.DataFrame) -> TrainedBDT:
         ("n_folds", 1),
         ("pruner", "hyperband"),
         ("split_seed", -3),
+        ("final_model", "average"),
     ],
 )
 def test_settings_reject_invalid_value(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=key):
         BDTSettings.from_mapping({key: value})
+
+
+def test_fold_average_needs_folds() -> None:
+    with pytest.raises(ConfigError, match="set n_folds"):
+        BDTSettings(final_model="fold_average")
 
 
 def test_settings_unknown_key_suggests_name() -> None:
@@ -241,6 +250,59 @@ def test_kfold_and_parallel_trials() -> None:
     assert bdt.metadata["n_train_rows"] == data.height
     # 300 events per fold: standard error about 0.03 on each fold's AUC.
     assert abs(bdt.validation_auc - ANALYTIC_AUC) < 0.06
+
+
+def test_average_boosters_gives_mean_margin() -> None:
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(3000, 3))
+    y = (x[:, 0] + x[:, 1] * x[:, 2] + rng.normal(size=3000) > 0.3).astype(int)
+    boosters = [
+        xgb.train(
+            {"objective": "binary:logistic", "max_depth": 2 + k, "seed": k},
+            xgb.DMatrix(x[k::3], label=y[k::3]),
+            num_boost_round=20 + 15 * k,
+        )
+        for k in range(3)
+    ]
+    averaged = average_boosters(boosters)
+    matrix = xgb.DMatrix(x)
+    margins = [b.predict(matrix, output_margin=True) for b in boosters]
+
+    assert averaged.num_boosted_rounds() == 20 + 35 + 50
+    # Float32 margins of order 1: agreement to 1e-5 is rounding.
+    np.testing.assert_allclose(
+        averaged.predict(matrix, output_margin=True),
+        np.mean(margins, axis=0),
+        atol=1e-5,
+    )
+    probabilities = 1.0 / (1.0 + np.exp(-np.mean(margins, axis=0)))
+    np.testing.assert_allclose(averaged.predict(matrix), probabilities, atol=1e-6)
+
+
+def test_fold_average_model(tmp_path: Path) -> None:
+    data = gaussian_sample(900, seed=4)
+    settings = BDTSettings(
+        n_trials=3, seed=2, n_folds=3, early_stopping_rounds=10,
+        final_model="fold_average",
+    )  # fmt: skip
+    bdt = train_bdt(data, FEATURES, settings=settings)
+    refit = train_bdt(
+        data, FEATURES, settings=dataclasses.replace(settings, final_model="refit")
+    )
+
+    per_fold = bdt.metadata["n_trees_per_fold"]
+    assert bdt.metadata["final_model"] == "fold_average"
+    assert bdt.booster.num_boosted_rounds() == sum(per_fold)
+    assert refit.booster.num_boosted_rounds() == round(np.mean(per_fold))
+    # The same study and trial, only the final model differs.
+    assert bdt.best_params["max_depth"] == refit.best_params["max_depth"]
+    scores = predict(bdt, data)
+    assert (
+        abs(mann_whitney_auc(data["is_signal"].to_numpy(), scores) - ANALYTIC_AUC)
+        < 0.05
+    )
+    loaded = load_model(save_model(bdt, tmp_path / "average.json"))
+    np.testing.assert_array_equal(predict(loaded, data), scores)
 
 
 def test_balance_classes_centres_noise_score() -> None:
