@@ -29,19 +29,28 @@ import hashlib
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from analysis.errors import AnalysisError, BatchError, InputFileError
+from analysis.errors import (
+    AnalysisError,
+    BatchError,
+    ConfigError,
+    InputFileError,
+    OutputError,
+)
 from analysis.outputs import atomic_path, write_json
 from analysis.production import ledger as lg
 from analysis.production.config import (
     LocalSettings,
     LsfSettings,
     PollSettings,
+    ProductionConfig,
     parse_config,
 )
 from analysis.production.runner import Production, make_backend
@@ -196,45 +205,51 @@ def run_group(spec_path: Path, group: int, results: Path) -> Path:
     )
 
 
-def select_in_batch(
-    spec: Any,
-    available: Sequence[str],
-    settings: BatchSettings,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[Any]:
-    """Run the preselection of one sample as batch jobs and merge the results.
+@dataclasses.dataclass(frozen=True)
+class _SampleBatch:
+    """One sample's batch reading: its spec, work folder and production."""
 
-    Args:
-        spec: the :class:`~analysis.preselection.SampleSelection`.
-        available: branch names the cuts are resolved against.
-        settings: backend, group size, work folder and batch options.
-        progress: called as ``progress(files_done, files_total)``.
+    spec: Any
+    key: str
+    work: Path
+    spans: list[range]
+    production: ProductionConfig
 
-    Returns:
-        One :class:`~analysis.preselection.FileSelection` per input file, in
-        file order.
+
+def _prepare(
+    spec: Any, available: Sequence[str], settings: BatchSettings
+) -> _SampleBatch:
+    """Write the job spec of a sample and build its production config.
 
     Raises:
-        BatchError: a group failed on every attempt (the message quotes the
-            end of its standard error and names its logs), or a finished
-            group's results are missing or belong to other inputs.
+        ConfigError: the work folder cannot be created or written.
+        InputFileError: an input file is missing.
     """
-    from analysis.preselection import FileSelection
-
     data = job_spec(spec, available, settings.files_per_job)
     key = spec_key(data)
-    work = settings.work_dir / f"{spec.name}-{key[:12]}"
+    # Absolute: the jobs run in the work folder, and relative paths in their
+    # command line would be resolved from there.
+    work = (settings.work_dir / f"{spec.name}-{key[:12]}").absolute()
     spec_path = work / SPEC_NAME
     results = work / RESULTS_NAME
-    work.mkdir(parents=True, exist_ok=True)
-    if not spec_path.exists():
-        write_json(spec_path, data)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        if not spec_path.exists():
+            write_json(spec_path, data)
+    except (OSError, OutputError) as err:
+        raise ConfigError(
+            f"reading.batch.work_dir {str(settings.work_dir)!r} is unusable: cannot "
+            f"create {work}: {err}; give a writable folder on a disk the batch "
+            "hosts see"
+        ) from err
     spans = groups(len(spec.files), settings.files_per_job)
     # The payload is a template: braces in a path must not read as placeholders.
     literal = {"spec": _literal(spec_path), "results": _literal(results)}
     production = parse_config(
         {
-            "name": "preselection",
+            # The key in the name keeps job names unique across selections, so
+            # a lookup by name after a lost bsub answer finds only this one's.
+            "name": f"preselection-{key[:8]}",
             "run_dir": str(work),
             "backend": settings.backend,
             "payload": [
@@ -268,13 +283,97 @@ def select_in_batch(
         settings.files_per_job,
         work,
     )
+    return _SampleBatch(spec, key, work, spans, production)
 
-    def report(jobs_done: int, _jobs: int) -> None:
-        if progress is not None:
-            files_done = sum(len(spans[i]) for i in range(min(jobs_done, len(spans))))
-            progress(files_done, len(spec.files))
 
-    runner = Production(production, make_backend(production), progress=report)
+def select_in_batch(
+    spec: Any,
+    available: Sequence[str],
+    settings: BatchSettings,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Any]:
+    """Run the preselection of one sample as batch jobs and merge the results.
+
+    Args:
+        spec: the :class:`~analysis.preselection.SampleSelection`.
+        available: branch names the cuts are resolved against.
+        settings: backend, group size, work folder and batch options.
+        progress: called as ``progress(files_done, files_total)``.
+
+    Returns:
+        One :class:`~analysis.preselection.FileSelection` per input file, in
+        file order.
+
+    Raises:
+        BatchError: a group failed on every attempt (the message quotes the
+            end of its standard error and names its logs), or a finished
+            group's results are missing or belong to other inputs.
+        ConfigError: the work folder is unusable.
+    """
+    return select_many_in_batch([(spec, available)], settings, progress)[0]
+
+
+def select_many_in_batch(
+    samples: Sequence[tuple[Any, Sequence[str]]],
+    settings: BatchSettings,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[Any]]:
+    """Run the batch reading of several samples at the same time.
+
+    Each sample is its own production with its own ledger, polled by its own
+    thread, so the wall time is that of the slowest sample rather than the
+    sum. When the calling thread is interrupted (Ctrl-C, SIGTERM, a Prefect
+    cancellation), every sample's running jobs are killed before the
+    exception propagates. When a sample fails, the others still finish, and
+    the error lists every failed sample.
+
+    Args:
+        samples: ``(spec, available)`` per sample, as for
+            :func:`select_in_batch`.
+        settings: backend, group size, work folder and batch options.
+        progress: called as ``progress(files_done, files_total)`` over all
+            samples.
+
+    Returns:
+        Per sample, one :class:`~analysis.preselection.FileSelection` per
+        input file, in file order.
+
+    Raises:
+        BatchError: see :func:`select_in_batch`; the message covers every
+            failed sample.
+        ConfigError: the work folder is unusable.
+    """
+    batches = [_prepare(spec, available, settings) for spec, available in samples]
+    total = sum(len(b.spec.files) for b in batches)
+    done = [0] * len(batches)
+    lock = threading.Lock()
+
+    def reporter(position: int) -> Callable[[int, int], None]:
+        spans = batches[position].spans
+
+        def report(jobs_done: int, _jobs: int) -> None:
+            if progress is None:
+                return
+            with lock:
+                done[position] = sum(len(span) for span in spans[:jobs_done])
+                progress(sum(done), total)
+
+        return report
+
+    stop = threading.Event()
+    if len(batches) == 1:
+        _run_production(batches[0], stop, reporter(0))
+    else:
+        _run_concurrently(batches, stop, reporter)
+    return [_merge(batch) for batch in batches]
+
+
+def _run_production(
+    batch: _SampleBatch, stop: threading.Event, report: Callable[[int, int], None]
+) -> None:
+    runner = Production(
+        batch.production, make_backend(batch.production), stop=stop, progress=report
+    )
     try:
         runner.run()
     except BatchError as err:
@@ -282,9 +381,48 @@ def select_in_batch(
     finally:
         runner.close()
 
-    merged: list[FileSelection] = []
-    for group, span in enumerate(spans):
-        merged.extend(_read_group(results, group, key, span, spec.files, work))
+
+def _run_concurrently(
+    batches: list[_SampleBatch],
+    stop: threading.Event,
+    reporter: Callable[[int], Callable[[int, int], None]],
+) -> None:
+    failures: list[str] = []
+    with ThreadPoolExecutor(
+        max_workers=len(batches), thread_name_prefix="batch-reading"
+    ) as pool:
+        futures = {
+            pool.submit(_run_production, batch, stop, reporter(i)): batch
+            for i, batch in enumerate(batches)
+        }
+        try:
+            for future in as_completed(futures):
+                try:
+                    future.result()
+                except BatchError as err:
+                    failures.append(f"sample {futures[future].spec.name!r}: {err}")
+        except BaseException:
+            # Each production sees the event at its next wait, kills its jobs
+            # and ends; leaving the with-block waits for all of them.
+            stop.set()
+            raise
+    if failures:
+        raise BatchError("\n".join(failures))
+
+
+def _merge(batch: _SampleBatch) -> list[Any]:
+    merged: list[Any] = []
+    for group, span in enumerate(batch.spans):
+        merged.extend(
+            _read_group(
+                batch.work / RESULTS_NAME,
+                group,
+                batch.key,
+                span,
+                batch.spec.files,
+                batch.work,
+            )
+        )
     return merged
 
 

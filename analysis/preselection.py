@@ -27,7 +27,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from analysis.batch_reading import BatchSettings, select_in_batch
+from analysis.batch_reading import (
+    BatchSettings,
+    select_in_batch,
+    select_many_in_batch,
+)
 from analysis.cuts import Cut, parse_cut, parse_expression
 from analysis.errors import ConfigError, CutError, OutputError, PhysicsError
 from analysis.generate import write_ntuple
@@ -263,12 +267,7 @@ def select_sample(
         ConfigError: ``spec.workers`` is below 1.
         BatchError: a batch job failed on every attempt.
     """
-    if not spec.files:
-        raise PhysicsError(f"sample {spec.name!r} has no input files")
-    if spec.workers < 1:
-        raise ConfigError(
-            f"sample {spec.name!r}: workers must be at least 1, got {spec.workers}"
-        )
+    _check_sample(spec)
     available = tree_branches(spec.files[0], spec.tree)
     plan = _plan(spec, available)
     workers = min(spec.workers, len(spec.files))
@@ -278,7 +277,59 @@ def select_sample(
         results = _select_in_process(spec, available, progress)
     else:
         results = _select_in_workers(spec, available, workers, progress)
+    return _merge_files(spec, plan, results)
 
+
+def select_samples_in_batch(
+    specs: Sequence[SampleSelection],
+    batch: BatchSettings,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[tuple[pl.DataFrame, list[CutFlowStep]]]:
+    """Apply the preselection to several samples as batch jobs, all at once.
+
+    Every sample's jobs are submitted together and polled side by side, so
+    the wall time is that of the slowest sample. Each result is the one
+    :func:`select_sample` gives for that sample.
+
+    Args:
+        specs: the samples; their own ``batch`` and ``workers`` are ignored.
+        batch: backend, group size, work folder and batch options.
+        progress: called as ``progress(files_done, files_total)`` over all
+            samples.
+
+    Raises:
+        BatchError: a group failed on every attempt; the message covers every
+            failed sample.
+        InputFileError, CutError, PhysicsError: as for :func:`select_sample`,
+            before any job is submitted.
+    """
+    prepared = []
+    for spec in specs:
+        _check_sample(spec)
+        available = tree_branches(spec.files[0], spec.tree)
+        prepared.append((spec, available, _plan(spec, available)))
+    results = select_many_in_batch(
+        [(spec, available) for spec, available, _ in prepared], batch, progress
+    )
+    return [
+        _merge_files(spec, plan, files)
+        for (spec, _, plan), files in zip(prepared, results, strict=True)
+    ]
+
+
+def _check_sample(spec: SampleSelection) -> None:
+    if not spec.files:
+        raise PhysicsError(f"sample {spec.name!r} has no input files")
+    if spec.workers < 1:
+        raise ConfigError(
+            f"sample {spec.name!r}: workers must be at least 1, got {spec.workers}"
+        )
+
+
+def _merge_files(
+    spec: SampleSelection, plan: _Plan, results: Sequence[FileSelection]
+) -> tuple[pl.DataFrame, list[CutFlowStep]]:
+    """Add the per-file counts and tables in file order."""
     flow = [CutFlowStep(spec.name, name, text) for name, text, _ in plan.steps]
     for result in results:
         for i, step in enumerate(flow):

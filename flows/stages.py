@@ -50,9 +50,11 @@ from analysis.preselection import (
     CutFlowStep,
     SampleSelection,
     best_candidate,
+    compile_cuts,
     cutflow_markdown,
     cutflow_table,
     select_sample,
+    select_samples_in_batch,
     write_parquet,
     write_root_skim,
 )
@@ -117,6 +119,34 @@ def _quiet(logger_name: str) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def _select_one(
+    spec: SampleSelection, report: Progress
+) -> tuple[pl.DataFrame, list[CutFlowStep]]:
+    """Select one sample; errors name the sample and, for cuts, the branches."""
+    try:
+        return select_sample(spec, progress=report)
+    except (MissingBranchError, CutError) as err:
+        # When the tree is event-wise, the hint names its jagged branches.
+        hint = describe_tree(spec.files[0], spec.tree)
+        raise type(err)(f"sample {spec.name!r}: {err}{hint}") from err
+    except AnalysisError as err:
+        raise type(err)(f"sample {spec.name!r}: {err}") from err
+
+
+def _check_cuts(spec: SampleSelection) -> None:
+    """Parse a sample's cuts against its first file before any job is submitted."""
+    try:
+        available = tree_branches(spec.files[0], spec.tree)
+        compile_cuts(spec.cuts, available)
+        if spec.selection:
+            compile_cuts([("sample selection", spec.selection)], available)
+    except (MissingBranchError, CutError) as err:
+        hint = describe_tree(spec.files[0], spec.tree)
+        raise type(err)(f"sample {spec.name!r}: {err}{hint}") from err
+    except AnalysisError as err:
+        raise type(err)(f"sample {spec.name!r}: {err}") from err
 
 
 def _batch_settings(config: AnalysisConfig, stage_dir: Path) -> BatchSettings | None:
@@ -211,8 +241,8 @@ def preselection(
     root_skims: dict[str, str] = {}
     total_files = sum(len(f) for f in files.values())
     done = 0
-    for sample in config.samples:
-        spec = SampleSelection(
+    specs = {
+        sample.name: SampleSelection(
             name=sample.name,
             files=files[sample.name],
             tree=sample.tree or config.tree,
@@ -223,21 +253,29 @@ def preselection(
             step_size=config.reading.step_size,
             salt=config.samples.index(sample),
             workers=config.reading.workers,
-            batch=_batch_settings(config, out),
         )
+        for sample in config.samples
+    }
+    # Batch jobs of all samples run at once; the other executors go sample
+    # by sample below.
+    selected = {}
+    batch = _batch_settings(config, out)
+    if batch is not None:
+        for spec in specs.values():
+            _check_cuts(spec)
+        results = select_samples_in_batch(list(specs.values()), batch, progress)
+        selected = dict(zip(specs, results, strict=True))
+    for sample in config.samples:
+        spec = specs[sample.name]
 
         def report(files_done: int, _total: int, offset: int = done) -> None:
             if progress is not None:
                 progress(offset + files_done, total_files)
 
-        try:
-            table, steps = select_sample(spec, progress=report)
-        except (MissingBranchError, CutError) as err:
-            # When the tree is event-wise, the hint names its jagged branches.
-            hint = describe_tree(spec.files[0], spec.tree)
-            raise type(err)(f"sample {sample.name!r}: {err}{hint}") from err
-        except AnalysisError as err:
-            raise type(err)(f"sample {sample.name!r}: {err}") from err
+        if sample.name in selected:
+            table, steps = selected[sample.name]
+        else:
+            table, steps = _select_one(spec, report)
         done += len(files[sample.name])
         if config.best_candidate is not None:
             bc = config.best_candidate

@@ -8,7 +8,9 @@ when a group fails for good.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,15 @@ import pytest
 import uproot
 import yaml
 
-from analysis.batch_reading import BatchSettings, groups, main
+from analysis.batch_reading import BatchSettings, groups, job_spec, main, spec_key
 from analysis.config import parse_config
 from analysis.errors import BatchError, ConfigError
-from analysis.preselection import SampleSelection, select_sample
+from analysis.ntuple import tree_branches
+from analysis.preselection import (
+    SampleSelection,
+    select_sample,
+    select_samples_in_batch,
+)
 from analysis.production import ledger as lg
 from analysis.production.config import PollSettings
 from tests.lsf_emulator import lsfemu
@@ -76,9 +83,16 @@ def _batch(work: Path, backend: str, **options: Any) -> BatchSettings:
         backend=backend,
         files_per_job=options.pop("files_per_job", 2),
         work_dir=work,
-        poll=FAST_POLL,
+        poll=options.pop("poll", FAST_POLL),
         **options,
     )
+
+
+def _job(spec: SampleSelection, settings: BatchSettings, name: str) -> str:
+    """Return the batch job name ``name`` (``sample.00001.a1``) of a selection."""
+    available = tree_branches(spec.files[0], spec.tree)
+    key = spec_key(job_spec(spec, available, settings.files_per_job))
+    return f"preselection-{key[:8]}.{name}"
 
 
 def _ledger_submissions(work: Path) -> int:
@@ -173,35 +187,35 @@ def test_rewritten_file_is_read_again(tmp_path: Path, emu: Path) -> None:
 def test_rerun_after_fix_retries_group(
     five_files: list[Path], tmp_path: Path, emu: Path
 ) -> None:
-    lsfemu.set_control(
-        emu,
-        fail_names={
-            "preselection.sample.00000.a1": 1,
-            "preselection.sample.00000.a2": 1,
-        },
-    )
     settings = _batch(tmp_path / "work", "lsf", max_attempts=2)
-    with pytest.raises(BatchError, match=r"preselection\.sample\.00000: 2 attempts"):
-        select_sample(_spec(five_files, settings))
+    spec = _spec(five_files, settings)
+    failing = {_job(spec, settings, f"sample.00000.a{n}"): 1 for n in (1, 2)}
+    lsfemu.set_control(emu, fail_names=failing)
+    with pytest.raises(BatchError, match=r"\.sample\.00000: 2 attempts"):
+        select_sample(spec)
 
     lsfemu.set_control(emu, fail_names={})
-    table, _ = select_sample(_spec(five_files, settings))
+    table, _ = select_sample(spec)
     reference, _ = select_sample(_spec(five_files))
+    submitted = lsfemu.submissions_by_name(emu)
     assert table.equals(reference)
-    assert lsfemu.submissions_by_name(emu)["preselection.sample.00000.a3"] == 1
-    assert lsfemu.submissions_by_name(emu)["preselection.sample.00001.a1"] == 1
+    assert submitted[_job(spec, settings, "sample.00000.a3")] == 1
+    assert submitted[_job(spec, settings, "sample.00001.a1")] == 1
 
 
 def test_failed_job_is_resubmitted(
     five_files: list[Path], tmp_path: Path, emu: Path
 ) -> None:
     reference, _ = select_sample(_spec(five_files))
+    settings = _batch(tmp_path / "work", "lsf")
+    spec = _spec(five_files, settings)
     # The emulator fails the first attempt of group 1 with exit code 137.
-    lsfemu.set_control(emu, fail_names={"preselection.sample.00001.a1": 137})
-    table, _ = select_sample(_spec(five_files, _batch(tmp_path / "work", "lsf")))
+    failing = {_job(spec, settings, "sample.00001.a1"): 137}
+    lsfemu.set_control(emu, fail_names=failing)
+    table, _ = select_sample(spec)
 
     assert table.equals(reference)
-    assert lsfemu.submissions_by_name(emu)["preselection.sample.00001.a2"] == 1
+    assert lsfemu.submissions_by_name(emu)[_job(spec, settings, "sample.00001.a2")] == 1
 
 
 def test_broken_file_fails_with_its_name(
@@ -214,9 +228,10 @@ def test_broken_file_fails_with_its_name(
         select_sample(_spec([*five_files, broken], settings))
 
     message = str(caught.value)
-    assert "preselection.sample.00002: 2 attempts" in message
+    job = _job(_spec([*five_files, broken], settings), settings, "sample.00002")
+    assert f"{job}: 2 attempts" in message
     assert "broken.root" in message
-    assert "standard error of preselection.sample.00002" in message
+    assert f"standard error of {job}" in message
     # The finished groups wrote their results; the failed one wrote nothing.
     results = next((tmp_path / "work").glob("*/results"))
     assert sorted(p.name for p in results.glob("*.json")) == [
@@ -224,6 +239,76 @@ def test_broken_file_fails_with_its_name(
         "group-00001.json",
     ]
     assert not list(results.glob("*.tmp*"))
+
+
+def test_samples_run_side_by_side(
+    five_files: list[Path], tmp_path: Path, emu: Path
+) -> None:
+    settings = _batch(tmp_path / "work", "lsf", poll=PollSettings(interval_s=1.0))
+    first = _spec(five_files[:3])
+    second = dataclasses.replace(_spec(five_files[3:]), name="other", salt=4)
+    progress: list[tuple[int, int]] = []
+    results = select_samples_in_batch(
+        [first, second], settings, lambda done, total: progress.append((done, total))
+    )
+
+    for spec, (table, flow) in zip((first, second), results, strict=True):
+        reference, reference_flow = select_sample(spec)
+        assert table.equals(reference)
+        assert [s.as_row() for s in flow] == [s.as_row() for s in reference_flow]
+    assert progress[-1] == (5, 5)
+    # Side by side: the second sample's first job was submitted before the
+    # first sample's last job was seen done. One after the other, it would
+    # come after.
+    (first_work,) = (tmp_path / "work").glob("sample-*")
+    (second_work,) = (tmp_path / "work").glob("other-*")
+    with sqlite3.connect(first_work / "ledger.sqlite") as conn:
+        (first_done,) = conn.execute(
+            "SELECT MAX(updated_at) FROM jobs WHERE state = 'done'"
+        ).fetchone()
+    with sqlite3.connect(second_work / "ledger.sqlite") as conn:
+        (second_start,) = conn.execute(
+            "SELECT MIN(started_at) FROM submissions"
+        ).fetchone()
+    assert second_start < first_done
+
+
+def test_relative_work_dir(
+    five_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = _batch(Path("runs") / "batch", "local")
+    table, _ = select_sample(_spec(five_files, settings))
+    reference, _ = select_sample(_spec(five_files))
+
+    assert table.equals(reference)
+    (work,) = (tmp_path / "runs" / "batch").glob("sample-*")
+    assert (work / "ledger.sqlite").is_file()
+
+
+def test_work_dir_that_is_a_file(five_files: list[Path], tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"reading\.batch\.work_dir .* is unusable"):
+        select_sample(_spec(five_files, _batch(blocker, "local")))
+
+
+def test_lost_answer_never_adopts_other_selection(
+    five_files: list[Path], tmp_path: Path, emu: Path
+) -> None:
+    files = [five_files[0], five_files[2]]
+    select_sample(_spec(files, _batch(tmp_path / "work-a", "lsf")))
+    tighter = _spec(files, _batch(tmp_path / "work-b", "lsf"))
+    tighter.cuts = [*CUTS, ("tight", "chiProb > 0.5")]
+    # The next bsub submits but prints no job id: the lookup by name must
+    # find this selection's job, not the finished one of the first.
+    lsfemu.add_fault(emu, "bsub", "silent")
+    table, _ = select_sample(tighter)
+
+    reference_spec = _spec(files)
+    reference_spec.cuts = tighter.cuts
+    reference, _ = select_sample(reference_spec)
+    assert table.equals(reference)
 
 
 def test_missing_results_of_a_done_group(
