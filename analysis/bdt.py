@@ -734,7 +734,10 @@ def _open_study(
 
 def _storage(study_path: Path) -> optuna.storages.BaseStorage:
     if study_path.suffix in _SQLITE_SUFFIXES:
-        return RDBStorage(f"sqlite:///{study_path.resolve()}")
+        # optuna fills a {SCHEMA_VERSION} template in the URL with
+        # str.format, so braces of the path are doubled to stay literal.
+        path = str(study_path.resolve()).replace("{", "{{").replace("}", "}}")
+        return RDBStorage(f"sqlite:///{path}")
     return JournalStorage(JournalFileBackend(str(study_path)))
 
 

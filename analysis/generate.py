@@ -481,6 +481,9 @@ def generate_sample(
             part["_event_index"] = part["_event_index"] + offset
             offset += count
             parts.append(part)
+        if not parts:
+            # No events at all: an empty sample with every branch.
+            parts.append(_GENERATORS["qqbar"](0, rng))
         columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         # Interleave the components as real data would be: shuffle whole events.
         total_events = offset

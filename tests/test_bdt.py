@@ -85,6 +85,11 @@ def trained(sample: pl.DataFrame) -> TrainedBDT:
     return train_bdt(sample, FEATURES, settings=FAST)
 
 
+def replace_trials(settings: BDTSettings, n_trials: int) -> BDTSettings:
+    """Return ``settings`` with another trial budget."""
+    return dataclasses.replace(settings, n_trials=n_trials)
+
+
 # Settings.
 
 
@@ -216,6 +221,18 @@ def test_interrupted_study_resumes(tmp_path: Path) -> None:
     assert resumed.n_trials_done == 4
     assert resumed.study is not None
     assert [t.number for t in resumed.study.trials] == [0, 1, 2, 3]
+
+
+def test_sqlite_study_in_folder_with_braces(tmp_path: Path) -> None:
+    data = gaussian_sample(600, seed=9)
+    path = tmp_path / "run {a} }{" / "study.db"
+    first = train_bdt(data, FEATURES, settings=replace_trials(FAST, 2), study_path=path)
+    again = train_bdt(data, FEATURES, settings=replace_trials(FAST, 3), study_path=path)
+
+    assert path.is_file()
+    assert first.n_trials_done == 2
+    assert again.n_trials_done == 3
+    assert len(load_study(path).trials) == 3
 
 
 def test_journal_storage_resumes(tmp_path: Path) -> None:

@@ -102,3 +102,15 @@ def test_command_line_writes_file(tmp_path: Path) -> None:
     assert main([*argv, str(out), "--tree", "t"]) == 0
     with uproot.open(out) as handle:
         assert handle["t"].num_entries > 0
+
+
+@pytest.mark.parametrize("sample", ["signal", "taupair", "qqbar", "data"])
+def test_zero_events_give_empty_sample(sample: str) -> None:
+    columns = generate_sample(sample, 0, seed=1)
+    reference = generate_sample(sample, 200, seed=1)
+
+    assert sorted(columns) == sorted(reference)
+    assert all(values.size == 0 for values in columns.values())
+    assert {k: v.dtype for k, v in columns.items()} == {
+        k: v.dtype for k, v in reference.items()
+    }

@@ -364,6 +364,11 @@ def test_config_rejects_attribute_placeholder(tmp_path: Path) -> None:
         _config(tmp_path, payload=["run", "{output.__class__}"])
 
 
+def test_config_rejects_empty_queue(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"lsf\.queue = '': .*at least 1 character"):
+        _config(tmp_path, lsf={"queue": ""})
+
+
 def test_config_suggests_known_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"max_atempts.*Did you mean: 'max_attempts'"):
         _config(tmp_path, max_atempts=2)

@@ -67,7 +67,7 @@ class LsfSettings(_Strict):
     is KB).
     """
 
-    queue: str = "s"
+    queue: str = Field(default="s", min_length=1)
     slots: int | None = Field(default=None, ge=1)
     memory_mb: int | None = Field(default=None, ge=1)
     memory_option: Literal["M", "rusage"] = "rusage"
