@@ -13,6 +13,20 @@ from analysis.config import AnalysisConfig
 from analysis.outputs import write_json, write_text
 
 
+def _model_description(bdt: dict[str, Any]) -> str:
+    """Say which final model the BDT stage kept."""
+    folds = bdt.get("n_folds")
+    if bdt.get("final_model") == "fold_average":
+        trees = bdt.get("n_trees_per_fold") or []
+        return (
+            f"average of the {folds} fold models "
+            f"({', '.join(str(n) for n in trees)} trees)"
+        )
+    if folds:
+        return f"refitted on all training events after {folds}-fold cross-validation"
+    return "refitted on the training side of the validation split"
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -225,6 +239,7 @@ def render_report(results: dict[str, Any], run_dir: Path) -> str:
         "| quantity | value |",
         "|---|---|",
         f"| trials | {bdt['n_trials']} |",
+        f"| model | {_model_description(results['bdt'])} |",
         f"| AUC train | {_fmt(bdt.get('auc_train'))} |",
         f"| AUC test | {_fmt(bdt.get('auc_test'))} |",
         f"| KS p-value signal (train vs test) | {_fmt(bdt.get('ks_pvalue_signal'))} |",

@@ -585,6 +585,9 @@ def train(
     return {
         "model": str(model_path),
         "best_params": model.best_params,
+        "final_model": model.metadata.get("final_model", "refit"),
+        "n_folds": settings.n_folds,
+        "n_trees_per_fold": model.metadata.get("n_trees_per_fold"),
         "validation_auc": model.validation_auc,
         "train_auc": model.train_auc,
         "n_trials": model.n_trials_done,

@@ -138,6 +138,9 @@ def test_run_directory_contents(first_run: dict[str, Any], small_config: Path) -
     assert "learner" in model, "model saved as xgboost JSON"
     report = (run_dir / "report.md").read_text()
     assert "upper limit" in report
+    assert "| model | refitted on the training side of the validation split |" in (
+        report
+    )
     assert not list(run_dir.rglob("*.pkl")), "no pickles in the run directory"
     assert not list(run_dir.rglob(".*.tmp")), "no temporary files left behind"
 
@@ -241,3 +244,20 @@ def test_config_error_fails_without_retry(
         Exception, match=r"(?s)stage 'preselection'.*sample 'signal'.*muonIDD"
     ):
         state.result()
+
+
+def test_report_names_averaged_fold_models() -> None:
+    from flows.report import _model_description
+
+    averaged = {
+        "final_model": "fold_average",
+        "n_folds": 3,
+        "n_trees_per_fold": [5, 7, 6],
+    }
+    refit = {"final_model": "refit", "n_folds": 3}
+    assert (
+        _model_description(averaged) == "average of the 3 fold models (5, 7, 6 trees)"
+    )
+    assert _model_description(refit) == (
+        "refitted on all training events after 3-fold cross-validation"
+    )
