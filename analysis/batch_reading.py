@@ -31,7 +31,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 SPEC_NAME = "spec.json"
 RESULTS_NAME = "results"
+#: Seconds between two checks for Ctrl-C while samples run side by side.
+WAIT_STEP_S = 0.5
 #: Lines of a failed job's standard error quoted in the error message.
 ERR_TAIL_LINES = 8
 
@@ -395,12 +397,21 @@ def _run_concurrently(
             pool.submit(_run_production, batch, stop, reporter(i)): batch
             for i, batch in enumerate(batches)
         }
+        pending = set(futures)
         try:
-            for future in as_completed(futures):
-                try:
-                    future.result()
-                except BatchError as err:
-                    failures.append(f"sample {futures[future].spec.name!r}: {err}")
+            while pending:
+                # A timed wait: an untimed one would hold off Ctrl-C until a
+                # sample finished, because the signal handler runs only
+                # between waits.
+                done, pending = wait(
+                    pending, timeout=WAIT_STEP_S, return_when=FIRST_COMPLETED
+                )
+                for future in done:
+                    try:
+                        future.result()
+                    except BatchError as err:
+                        name = futures[future].spec.name
+                        failures.append(f"sample {name!r}: {err}")
         except BaseException:
             # Each production sees the event at its next wait, kills its jobs
             # and ends; leaving the with-block waits for all of them.

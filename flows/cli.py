@@ -167,6 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnalysisError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "cancelled: the flow stopped, and the batch jobs of the running stage "
+            "(if any) were killed; rerun the same command to resume after the "
+            "last finished stage",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,7 @@ pytestmark = pytest.mark.filterwarnings(
     "a flow run id:UserWarning"
 )
 
+PROJECT = Path(__file__).resolve().parents[1]
 FAST_POLL = PollSettings(interval_s=0.2, retry_initial_s=0.05, not_found_grace_s=2.0)
 
 
@@ -271,6 +276,61 @@ def test_samples_run_side_by_side(
             "SELECT MIN(started_at) FROM submissions"
         ).fetchone()
     assert second_start < first_done
+
+
+_INTERRUPTED = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from analysis.batch_reading import BatchSettings
+from analysis.preselection import SampleSelection, select_samples_in_batch
+from analysis.production.config import PollSettings
+from tests.test_reading_scale import CUTS, TREE
+files = [Path(f) for f in sys.argv[3:]]
+batch = BatchSettings(
+    backend="lsf", files_per_job=1, work_dir=Path(sys.argv[2]),
+    poll=PollSettings(interval_s=5.0),
+)
+specs = [
+    SampleSelection(name=f"s{i}", files=[f], tree=TREE, cuts=CUTS, keep=["M"], salt=i)
+    for i, f in enumerate(files)
+]
+try:
+    select_samples_in_batch(specs, batch)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_kills_jobs_of_every_sample(
+    five_files: list[Path], tmp_path: Path, emu: Path
+) -> None:
+    # Jobs stay pending for a minute, so only a cancellation ends the run soon.
+    lsfemu.set_control(emu, pend_s=60)
+    files = [str(five_files[0]), str(five_files[2])]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED, str(PROJECT), str(tmp_path / "w"), *files],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while lsfemu.count_calls(emu, "bsub") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert lsfemu.count_calls(emu, "bsub") == 2, "the jobs were not submitted"
+        time.sleep(1.0)
+        start = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        code = child.wait(timeout=30)
+        elapsed = time.monotonic() - start
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    assert code == 130
+    # Both samples' loops see the stop at once, not after their jobs end.
+    assert elapsed < 10
+    assert lsfemu.count_calls(emu, "bkill") == 2
 
 
 def test_relative_work_dir(
