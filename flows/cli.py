@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,6 +119,14 @@ def _run(
     return 0
 
 
+class Terminated(BaseException):
+    """The process received SIGTERM (a batch system or a user stopping it)."""
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tau3mu`` command."""
     parser = argparse.ArgumentParser(
@@ -156,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return generate_main(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    # SIGTERM as an exception: the flow engine handles it first (and kills
+    # the batch jobs), then sends it again, and the exception lets the
+    # temporary Prefect server stop instead of staying behind.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if args.command == "generate-demo":
             _generate_demo(args.outdir, args.seed, args.force)
@@ -167,14 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnalysisError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as err:
+        code = 143 if isinstance(err, Terminated) else 130
         print(
             "cancelled: the flow stopped, and the batch jobs of the running stage "
             "(if any) were killed; rerun the same command to resume after the "
             "last finished stage",
             file=sys.stderr,
         )
-        return 130
+        return code
 
 
 if __name__ == "__main__":

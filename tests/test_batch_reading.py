@@ -8,8 +8,10 @@ when a group fails for good.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -481,3 +483,79 @@ def test_flow_stage_reads_through_batch(small_config: Path, tmp_path: Path) -> N
         assert set(arrays) == set(skim.columns) - {"sample", "kind"}
         for column, values in arrays.items():
             np.testing.assert_array_equal(values, skim[column].to_numpy())
+
+
+def _server_processes(parent: int) -> list[int]:
+    """Return the Prefect temporary servers started by process ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"uvicorn" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(sys.platform != "linux", reason="needs Linux /proc")
+def test_sigterm_kills_jobs_and_stops_server(
+    small_config: Path, tmp_path: Path, emu: Path
+) -> None:
+    data = yaml.safe_load(small_config.read_text())
+    data["reading"] = {
+        "executor": "batch",
+        "batch": {"backend": "lsf", "poll": {"interval_s": 1}},
+    }
+    config = tmp_path / "batch.yaml"
+    config.write_text(yaml.safe_dump(data))
+    lsfemu.set_control(emu, pend_s=120)
+    # No PREFECT_API_URL: the flow starts its own temporary server.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    command = [sys.executable, "-m", "flows.cli", "run", "--config", str(config)]
+    # A file, not a pipe: a server left behind would hold a pipe open.
+    log_path = tmp_path / "stderr.log"
+    with log_path.open("w") as log_file:
+        child = subprocess.Popen(
+            [*command, "--runs-dir", str(tmp_path / "runs")],
+            env=env,
+            cwd=PROJECT,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
+    servers: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        n_samples = len(data["samples"])
+        while lsfemu.count_calls(emu, "bsub") < n_samples:
+            assert child.poll() is None, log_path.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the jobs were not submitted"
+            time.sleep(0.3)
+        servers = _server_processes(child.pid)
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        stderr = log_path.read_text()
+
+    try:
+        assert child.returncode == 143, stderr[-2000:]
+        assert "cancelled: the flow stopped" in stderr
+        assert lsfemu.count_calls(emu, "bkill") == n_samples
+        assert servers, "no temporary Prefect server was found"
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() for pid in servers):
+            assert time.monotonic() < deadline, f"temporary server {servers} runs on"
+            time.sleep(0.2)
+    finally:
+        # Whatever the outcome, leave no server behind.
+        for pid in servers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
