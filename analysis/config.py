@@ -174,6 +174,15 @@ class BDTConfig(_Strict):
         description="'fold_average' (with n_folds) averages the k fold models",
     )
 
+    @model_validator(mode="after")
+    def _fold_average_needs_folds(self) -> BDTConfig:
+        if self.final_model == "fold_average" and self.n_folds is None:
+            raise ValueError(
+                "bdt.final_model 'fold_average' averages the models of k-fold "
+                "cross-validation; set bdt.n_folds as well (for example 5)"
+            )
+        return self
+
 
 class FigureOfMerit(_Strict):
     """Punzi figure of merit eps / (a/2 + sqrt(B)) and the BDT cut scan."""

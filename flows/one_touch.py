@@ -44,7 +44,6 @@ STAGE_SECTIONS = {
         "signal_region",
         "extra_branches",
         "limit",
-        "skims",
     ),
     "signal_region": ("signal_region", "split", "blinding"),
     "bdt": ("bdt",),
@@ -65,16 +64,28 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 class _Progress:
-    """A Prefect progress artifact, updated at most every two seconds."""
+    """A Prefect progress artifact, updated at most every two seconds.
 
-    def __init__(self, stage: str) -> None:
+    A log line with the same numbers follows at most every
+    ``LOG_EVERY_S`` seconds, for a user who watches the terminal.
+    """
+
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, stage: str, unit: str) -> None:
+        self._stage = stage
+        self._unit = unit
         self._id = create_progress_artifact(
             0.0, key=f"progress-{stage.replace('_', '-')}", description=stage
         )
         self._last = 0.0
+        self._last_log = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
+        if now - self._last_log >= self.LOG_EVERY_S:
+            self._last_log = now
+            log.info("stage %s: %d of %d %s done", self._stage, done, total, self._unit)
         if done < total and now - self._last < 2.0:
             return
         self._last = now
@@ -154,13 +165,15 @@ def preselection_task(
 ) -> dict[str, Any]:
     config = _load(config_path, unblind)
     path = Path(run_dir)
-    return _run_stage(
+    summary = _run_stage(
         "preselection",
         path,
         key,
         force,
-        lambda: stages.preselection(config, path, _Progress("preselection")),
+        lambda: stages.preselection(config, path, _Progress("preselection", "files")),
     )
+    # Outside the cached stage: a config that only adds skims.root reuses it.
+    return {**summary, "root_skims": stages.root_skims(config, path)}
 
 
 @_stage_task("signal-region")
@@ -189,7 +202,9 @@ def bdt_task(
         path,
         key,
         force,
-        lambda: stages.train(config, path, _Progress("bdt"), study_tag=key[:16]),
+        lambda: stages.train(
+            config, path, _Progress("bdt", "trials"), study_tag=key[:16]
+        ),
     )
 
 
@@ -224,7 +239,9 @@ def limit_task(
         path,
         key,
         force,
-        lambda: stages.upper_limit(config, path, working, _Progress("limit")),
+        lambda: stages.upper_limit(
+            config, path, working, _Progress("limit", "scan points")
+        ),
     )
 
 

@@ -43,7 +43,7 @@ from analysis.errors import (
     PhysicsError,
 )
 from analysis.naming import find_branch, to_branch_name
-from analysis.ntuple import describe_tree, tree_branches
+from analysis.ntuple import EVENT_BRANCHES, describe_tree, tree_branches
 from analysis.outputs import write_json, write_text
 from analysis.plots import plot_input_variables
 from analysis.preselection import (
@@ -234,11 +234,13 @@ def preselection(
             f"sample {first.name!r}, {first_file}: {err}{hint}"
         ) from err
     write_json(out / "branches.json", names)
-    keep = sorted(set(names.values()))
+    # The event keys stay in the skims, so a candidate can be found again in
+    # the ntuple (event_id alone is a hash of them).
+    bookkeeping = {b for b in (*EVENT_BRANCHES, "__candidate__") if b in available}
+    keep = sorted(set(names.values()) | bookkeeping)
 
     cut_steps: list[CutFlowStep] = []
     skims: dict[str, str] = {}
-    root_skims: dict[str, str] = {}
     total_files = sum(len(f) for f in files.values())
     done = 0
     specs = {
@@ -301,10 +303,6 @@ def preselection(
         )
         cut_steps.extend(steps)
         skims[sample.name] = str(write_parquet(table, out / f"{sample.name}.parquet"))
-        if config.skims.root:
-            root_skim = out / f"{sample.name}.root"
-            write_root_skim(table, root_skim, config.skims.root_tree)
-            root_skims[sample.name] = str(root_skim)
 
     flow_table = cutflow_table(cut_steps)
     with_csv = out / "cutflow.csv"
@@ -325,13 +323,40 @@ def preselection(
     )
     return {
         "skims": skims,
-        "root_skims": root_skims,
         "cutflow_csv": str(with_csv),
         "cutflow_md": str(out / "cutflow.md"),
         "cutflow": flow_table.to_dicts(),
         "plots": {"inputs": str(plot)},
         "files": {name: [str(f) for f in fs] for name, fs in files.items()},
     }
+
+
+def root_skims(config: AnalysisConfig, run_dir: Path) -> dict[str, str]:
+    """Write the preselection skims as ROOT files, when the config asks for them.
+
+    Runs after the preselection stage, cached or not, so switching
+    ``skims.root`` on later writes the files without recomputing any stage.
+    A ROOT skim newer than its parquet skim is kept.
+
+    Returns:
+        Sample name to ROOT skim path; empty when ``skims.root`` is off.
+    """
+    if not config.skims.root:
+        return {}
+    written = {}
+    for sample in config.samples:
+        parquet = run_dir / "preselection" / f"{sample.name}.parquet"
+        target = run_dir / "preselection" / f"{sample.name}.root"
+        stale = (
+            not target.exists()
+            or target.stat().st_mtime_ns < parquet.stat().st_mtime_ns
+        )
+        if stale:
+            table = pl.read_parquet(parquet)
+            write_root_skim(table, target, config.skims.root_tree)
+            log.info("ROOT skim of %s: %s", sample.name, target)
+        written[sample.name] = str(target)
+    return written
 
 
 # ---------------------------------------------------------------------------
@@ -386,7 +411,6 @@ def signal_region(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
     )
 
     skims: dict[str, str] = {}
-    root_skims: dict[str, str] = {}
     counts: dict[str, dict[str, int]] = {}
     background_axes: list[tuple[Any, Any]] = []
     for sample in config.samples:
@@ -426,10 +450,6 @@ def signal_region(config: AnalysisConfig, run_dir: Path) -> dict[str, Any]:
             "in_sideband": int(table["in_sideband"].sum()),
         }
         skims[sample.name] = str(write_parquet(table, out / f"{sample.name}.parquet"))
-        if config.skims.root:
-            root_skim = out / f"{sample.name}.root"
-            write_root_skim(table, root_skim, config.skims.root_tree)
-            root_skims[sample.name] = str(root_skim)
 
     write_json(out / "region.json", region.to_dict())
     write_json(out / "shape.json", shape.to_dict())

@@ -451,7 +451,7 @@ def test_config_selects_the_batch_executor(
 
 def test_flow_stage_reads_through_batch(small_config: Path, tmp_path: Path) -> None:
     from analysis.config import load_config
-    from flows.stages import preselection
+    from flows.stages import preselection, root_skims
 
     data = yaml.safe_load(small_config.read_text())
     local = parse_config(data, small_config.parent)
@@ -474,13 +474,19 @@ def test_flow_stage_reads_through_batch(small_config: Path, tmp_path: Path) -> N
     assert len(ledgers) == len(local.samples)
 
     # The ROOT skims, asked for in the batch config only, match the parquet.
-    assert in_process["root_skims"] == {}
-    assert sorted(by_jobs["root_skims"]) == sorted(by_jobs["skims"])
-    for name, path in by_jobs["root_skims"].items():
+    assert root_skims(local, tmp_path / "local") == {}
+    written = root_skims(batch, tmp_path / "jobs")
+    assert sorted(written) == sorted(by_jobs["skims"])
+    before = {name: Path(path).stat().st_mtime_ns for name, path in written.items()}
+    assert root_skims(batch, tmp_path / "jobs") == written
+    assert {n: Path(p).stat().st_mtime_ns for n, p in written.items()} == before
+    for name, path in written.items():
         skim = pl.read_parquet(by_jobs["skims"][name])
         with uproot.open(path) as handle:
             arrays = handle["tau3mu_skim"].arrays(library="np")
         assert set(arrays) == set(skim.columns) - {"sample", "kind"}
+        # The event keys find a candidate again in the ntuple.
+        assert {"__experiment__", "__run__", "__event__"} <= set(arrays)
         for column, values in arrays.items():
             np.testing.assert_array_equal(values, skim[column].to_numpy())
 

@@ -571,3 +571,17 @@ def test_load_study_after_training(tmp_path: Path) -> None:
         load_study(study_path, "bdf")
     with pytest.raises(InputFileError, match="not found"):
         load_study(tmp_path / "missing.db")
+
+
+def test_config_rejects_fold_average_without_folds() -> None:
+    import yaml
+
+    from analysis.config import parse_config
+
+    project = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((project / "configs" / "demo.yaml").read_text())
+    data["bdt"]["final_model"] = "fold_average"
+    with pytest.raises(ConfigError, match=r"bdt: .*set bdt\.n_folds"):
+        parse_config(data, project / "configs")
+    data["bdt"]["n_folds"] = 3
+    assert parse_config(data, project / "configs").bdt.final_model == "fold_average"

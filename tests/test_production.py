@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +80,21 @@ def test_run_verifies_and_lists_outputs(emu: Path, tmp_path: Path) -> None:
     listing = json.loads(result.listing.read_text())
     assert listing["samples"]["sig"] == [str(p) for p in result.outputs["sig"]]
     assert all(Path(p).is_file() for p in listing["samples"]["sig"])
+
+
+def test_status_logged_while_jobs_run(
+    emu: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lsfemu.set_control(emu, pend_s=3.0)
+    caplog.set_level(logging.INFO, logger="analysis.production.runner")
+    _run(_config(tmp_path))
+    status = [
+        r.getMessage()
+        for r in caplog.records
+        if re.fullmatch(r"production t: .* of 2 jobs", r.getMessage())
+    ]
+    # The first poll logs at once; the next line would come 60 s later.
+    assert status == ["production t: 2 pending of 2 jobs"]
 
 
 def test_failed_job_resubmitted(emu: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 LEDGER_NAME = "ledger.sqlite"
 OUTPUTS_NAME = "outputs.json"
 LOCK_NAME = ".production.lock"
+#: Seconds between two log lines with the count of jobs per state.
+STATUS_EVERY_S = 60.0
 
 
 class ProductionCancelled(BaseException):
@@ -147,6 +150,7 @@ class Production:
         self.ledger_path = config.run_dir / LEDGER_NAME
         self.bjobs_cycles = 0
         self._reported_done = -1
+        self._last_status = -math.inf
         self._ledger: lg.Ledger | None = None
 
     @property
@@ -676,12 +680,35 @@ class Production:
                 errors_in_row = 0
                 delay = poll.interval_s
                 self._report_progress()
+                self._log_status()
         except Exception:
             raise
         except BaseException as exc:
             self.cancel(f"{type(exc).__name__}: {exc}")
             raise
         return self._finish()
+
+    def _log_status(self) -> None:
+        """Log the count of jobs per state, once per ``STATUS_EVERY_S``."""
+        now = time.monotonic()
+        if now - self._last_status < STATUS_EVERY_S:
+            return
+        self._last_status = now
+        counts = {
+            "pending": self.ledger.count([lg.PENDING, lg.SUBMITTING]),
+            "running": self.ledger.count([lg.RUNNING]),
+            "unknown": self.ledger.count([lg.UNKNOWN]),
+            "waiting to be submitted": self.ledger.count(lg.WAITING),
+            "done": self.ledger.count([lg.DONE]),
+            "failed": self.ledger.count([lg.FAILED]),
+        }
+        shown = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        log.info(
+            "production %s: %s of %d jobs",
+            self.config.name,
+            shown or "no jobs",
+            len(self.plans),
+        )
 
     def _report_progress(self) -> None:
         if self.progress is None:
