@@ -48,7 +48,12 @@ class Sample(_Strict):
 
     name: str = Field(description="letters, digits, '_', '.', '-'")
     kind: Literal["signal", "background", "data"]
-    files: list[str] = Field(min_length=1, description="paths or glob patterns")
+    files: list[str] = Field(default_factory=list, description="paths or glob patterns")
+    file_list: str | None = Field(
+        default=None,
+        description="text file with one path or glob per line (lines starting "
+        "with '#' are comments); relative lines are relative to the list's folder",
+    )
     tree: str | None = Field(default=None, description="tree name; default: top")
     selection: str | None = Field(
         default=None, description="cut that defines the sample inside its files"
@@ -76,6 +81,15 @@ class Sample(_Strict):
                 "'.' and '-' (it becomes part of file and batch job names)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _check_inputs(self) -> Sample:
+        if not self.files and self.file_list is None:
+            raise ValueError(
+                f"sample {self.name!r} has no inputs: give files (paths or glob "
+                "patterns), a file_list, or both"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_normalisation(self) -> Sample:
@@ -463,7 +477,12 @@ def parse_config(data: Any, base_dir: Path, source: str = "<config>") -> Analysi
         files = [
             os.path.normpath(base_dir / Path(f).expanduser()) for f in sample.files
         ]
-        samples.append(sample.model_copy(update={"files": files}))
+        file_list = sample.file_list
+        if file_list is not None:
+            file_list = os.path.normpath(base_dir / Path(file_list).expanduser())
+        samples.append(
+            sample.model_copy(update={"files": files, "file_list": file_list})
+        )
     return config.model_copy(update={"samples": samples})
 
 
@@ -493,6 +512,30 @@ def load_config(path: str | Path) -> AnalysisConfig:
     return parse_config(data, path.resolve().parent, source=str(path))
 
 
+def _read_file_list(sample: Sample) -> list[str]:
+    """Return the paths and patterns of a sample's file list, made absolute."""
+    assert sample.file_list is not None
+    listing = Path(sample.file_list)
+    try:
+        lines = listing.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"sample {sample.name!r}: file_list {listing} cannot be read: {err}; "
+            "write one input path or glob pattern per line"
+        ) from err
+    entries = []
+    for line in lines:
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            entries.append(os.path.normpath(listing.parent / Path(entry).expanduser()))
+    if not entries:
+        raise ConfigError(
+            f"sample {sample.name!r}: file_list {listing} lists no file; write one "
+            "input path or glob pattern per line"
+        )
+    return entries
+
+
 def expand_files(sample: Sample) -> list[Path]:
     """Expand the sample's paths and glob patterns into existing files, sorted.
 
@@ -500,7 +543,10 @@ def expand_files(sample: Sample) -> list[Path]:
         ConfigError: a path does not exist, or a pattern matches no file.
     """
     found: list[Path] = []
-    for pattern in sample.files:
+    patterns = list(sample.files)
+    if sample.file_list is not None:
+        patterns += _read_file_list(sample)
+    for pattern in patterns:
         if glob.has_magic(pattern):
             matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
             if not matches:

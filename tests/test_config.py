@@ -160,6 +160,52 @@ def test_expand_files_sorts_glob_matches(tmp_path: Path) -> None:
     assert found == ["a.root", "b.root", "c.root"]
 
 
+def test_file_list_adds_listed_paths(tmp_path: Path) -> None:
+    lists = tmp_path / "lists"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    lists.mkdir()
+    for name in ("s.root", "t1.root", "t2.root", "u.root"):
+        (data_dir / name).write_bytes(b"")
+    (lists / "signal.txt").write_text(
+        f"# signal MC, one path per line\n../data/t*.root\n\n{data_dir / 'u.root'}\n"
+    )
+    data = _minimal()
+    data["samples"][0] = {
+        "name": "sig",
+        "kind": "signal",
+        "files": ["data/s.root"],
+        "file_list": "lists/signal.txt",
+    }
+    config = load_config(_write(tmp_path, data))
+    found = [p.name for p in expand_files(config.samples[0])]
+    assert found == ["s.root", "t1.root", "t2.root", "u.root"]
+
+
+def test_file_list_errors_name_the_list(tmp_path: Path) -> None:
+    data = _minimal()
+    data["samples"][0] = {"name": "sig", "kind": "signal"}
+    with pytest.raises(ConfigError, match="sample 'sig' has no inputs"):
+        load_config(_write(tmp_path, data))
+
+    data["samples"][0]["file_list"] = "missing.txt"
+    config = load_config(_write(tmp_path, data))
+    with pytest.raises(ConfigError, match=r"file_list .*missing\.txt cannot be read"):
+        expand_files(config.samples[0])
+
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    data["samples"][0]["file_list"] = "empty.txt"
+    config = load_config(_write(tmp_path, data))
+    with pytest.raises(ConfigError, match=r"empty\.txt lists no file"):
+        expand_files(config.samples[0])
+
+    (tmp_path / "gone.txt").write_text("gone.root\n")
+    data["samples"][0]["file_list"] = "gone.txt"
+    config = load_config(_write(tmp_path, data))
+    with pytest.raises(ConfigError, match=r"gone\.root not found"):
+        expand_files(config.samples[0])
+
+
 def test_toy_variation_files_resolve_against_config(tmp_path: Path) -> None:
     data = _minimal()
     data["limit"]["toy_variation_files"] = {"muon_id": "toys/muid.csv"}
