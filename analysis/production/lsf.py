@@ -104,7 +104,8 @@ class LsfBackend(BatchBackend):
         except FileNotFoundError as err:
             raise BatchError(
                 f"LSF command {argv[0]!r} not found: put it on PATH or set its path "
-                "under lsf: in the production config"
+                "in the lsf section (lsf: in a production config, reading.batch.lsf: "
+                "in an analysis config); without LSF, use the local backend"
             ) from err
         except subprocess.TimeoutExpired as err:
             raise TransientBatchError(
