@@ -834,6 +834,36 @@ class _PenalisedEarlyStopping(xgb.callback.TrainingCallback):
         return epoch - self.best_iteration >= self.rounds
 
 
+def _matrix(
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    features: list[str],
+    settings: BDTSettings,
+) -> xgb.DMatrix:
+    """Build the xgboost matrix of ``(x, y, w)`` rows."""
+    return xgb.DMatrix(
+        rows[0],
+        label=rows[1],
+        weight=rows[2],
+        feature_names=features,
+        nthread=settings.n_threads,
+    )
+
+
+def _fit(
+    params: Mapping[str, Any],
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    features: list[str],
+    settings: BDTSettings,
+    n_trees: int,
+) -> xgb.Booster:
+    """Train ``n_trees`` trees on ``rows`` without early stopping."""
+    return xgb.train(
+        _xgb_params(params, settings),
+        _matrix(rows, features, settings),
+        num_boost_round=n_trees,
+    )
+
+
 def _train_one(
     params: Mapping[str, Any],
     train: tuple[np.ndarray, np.ndarray, np.ndarray],
@@ -843,20 +873,8 @@ def _train_one(
     trial: optuna.Trial | None,
     step_offset: int = 0,
 ) -> _PenalisedEarlyStopping:
-    dtrain = xgb.DMatrix(
-        train[0],
-        label=train[1],
-        weight=train[2],
-        feature_names=features,
-        nthread=settings.n_threads,
-    )
-    dvalid = xgb.DMatrix(
-        valid[0],
-        label=valid[1],
-        weight=valid[2],
-        feature_names=features,
-        nthread=settings.n_threads,
-    )
+    dtrain = _matrix(train, features, settings)
+    dvalid = _matrix(valid, features, settings)
     stopper = _PenalisedEarlyStopping(
         settings.max_auc_ratio, settings.early_stopping_rounds, trial, step_offset
     )
@@ -923,16 +941,7 @@ def _fit_final(
         booster = _fold_average(best, data, features, settings)
         params["num_boost_round"] = booster.num_boosted_rounds()
     else:
-        dtrain = xgb.DMatrix(
-            train[0],
-            label=train[1],
-            weight=train[2],
-            feature_names=features,
-            nthread=settings.n_threads,
-        )
-        booster = xgb.train(
-            _xgb_params(params, settings), dtrain, num_boost_round=n_trees
-        )
+        booster = _fit(params, train, features, settings, n_trees)
 
     validation_auc = float(best.user_attrs["valid_auc"])
     train_auc = float(best.user_attrs["train_auc"])
@@ -993,17 +1002,7 @@ def _fold_average(
     boosters = []
     for fold, n_trees in enumerate(best.user_attrs["n_trees"]):
         train, _ = _sides(data, fold)
-        dtrain = xgb.DMatrix(
-            train[0],
-            label=train[1],
-            weight=train[2],
-            feature_names=features,
-            nthread=settings.n_threads,
-        )
-        params = {**best.params, "num_boost_round": n_trees}
-        boosters.append(
-            xgb.train(_xgb_params(params, settings), dtrain, num_boost_round=n_trees)
-        )
+        boosters.append(_fit(best.params, train, features, settings, n_trees))
     averaged = average_boosters(boosters)
 
     matrix = xgb.DMatrix(data.x, feature_names=features, nthread=settings.n_threads)
