@@ -40,6 +40,7 @@ from analysis.production import ledger as lg
 from analysis.production.config import PollSettings
 from tests.lsf_emulator import lsfemu
 from tests.lsf_emulator.harness import emulator
+from tests.procs import children
 from tests.test_reading_scale import CUTS, TREE, write_random_ntuple
 
 # flows/__init__.py routes the ``analysis`` loggers to the Prefect API; outside
@@ -491,22 +492,6 @@ def test_flow_stage_reads_through_batch(small_config: Path, tmp_path: Path) -> N
             np.testing.assert_array_equal(values, skim[column].to_numpy())
 
 
-def _server_processes(parent: int) -> list[int]:
-    """Return the Prefect temporary servers started by process ``parent``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"uvicorn" in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.integration
 @pytest.mark.skipif(sys.platform != "linux", reason="needs Linux /proc")
 def test_sigterm_kills_jobs_and_stops_server(
@@ -542,7 +527,7 @@ def test_sigterm_kills_jobs_and_stops_server(
             assert child.poll() is None, log_path.read_text()[-2000:]
             assert time.monotonic() < deadline, "the jobs were not submitted"
             time.sleep(0.3)
-        servers = _server_processes(child.pid)
+        servers = children(child.pid, b"uvicorn")
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=60)
     finally:

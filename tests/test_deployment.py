@@ -40,6 +40,7 @@ import yaml
 
 from flows import runstate
 from tests.conftest import free_port
+from tests.procs import alive, children
 
 PROJECT = Path(__file__).resolve().parents[1]
 SERVE = PROJECT / "deployments" / "serve.sh"
@@ -537,30 +538,6 @@ def _wait_for_state(url: str, flow_run_id: UUID, states: set[Any]) -> Any:
     return current
 
 
-def _children(pid: int) -> list[int]:
-    """Return the ids of the processes whose parent is ``pid`` (from /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        # Fields after the command name, which is in parentheses: state, ppid.
-        fields = text.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _process_alive(pid: int) -> bool:
-    """Return whether ``pid`` runs; a zombie waiting to be reaped does not."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return text.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.integration
 def test_rerun_reuses_every_stage(
     served: dict[str, Any], first_run: dict[str, Any]
@@ -671,7 +648,7 @@ def test_stop_script_ends_every_process(served: dict[str, Any]) -> None:
     flow_run_id = _trigger_analysis(served["url"], parameters)
     running = _wait_for_state(served["url"], flow_run_id, {StateType.RUNNING})
     assert running == StateType.RUNNING, _worker_log(served)
-    flow_processes = _children(served["groups"]["worker"])
+    flow_processes = children(served["groups"]["worker"])
     assert flow_processes, "no flow-run process under the worker"
 
     done = subprocess.run(
@@ -681,7 +658,7 @@ def test_stop_script_ends_every_process(served: dict[str, Any]) -> None:
     for name, pgid in served["groups"].items():
         assert not _group_alive(pgid), f"{name} (process group {pgid}) still runs"
     for pid in flow_processes:
-        assert not _process_alive(pid), f"flow-run process {pid} still runs"
+        assert not alive(pid), f"flow-run process {pid} still runs"
     assert not list(served["home"].glob("*.pgid"))
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         refused = sock.connect_ex(("127.0.0.1", served["port"])) != 0

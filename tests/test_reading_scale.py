@@ -18,6 +18,7 @@ import yaml
 from analysis.config import parse_config
 from analysis.errors import ConfigError, InputFileError
 from analysis.preselection import SampleSelection, select_sample
+from tests.procs import alive, children, cpu_seconds
 
 PROJECT = Path(__file__).resolve().parents[1]
 TREE = "tau3mu"
@@ -165,40 +166,6 @@ select_sample(spec)
 """
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == pid and b"spawn_main" in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of process ``pid`` so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # Fields 14 and 15 of stat; the split starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="needs Linux /proc and prctl")
 def test_workers_end_with_killed_parent(tmp_path: Path) -> None:
     # Two files that take each worker about 10 s in 50-entry chunks.
@@ -220,8 +187,8 @@ def test_workers_end_with_killed_parent(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             assert parent.poll() is None, "the parent ended before it was killed"
             time.sleep(0.1)
-            workers = _children(parent.pid)
-            if len(workers) == 2 and all(_cpu_seconds(w) > 3 for w in workers):
+            workers = children(parent.pid, b"spawn_main")
+            if len(workers) == 2 and all(cpu_seconds(w) > 3 for w in workers):
                 break
         else:
             pytest.fail(f"the workers {workers} did not start reading in 60 s")
@@ -230,15 +197,15 @@ def test_workers_end_with_killed_parent(tmp_path: Path) -> None:
         # Without the parent-death signal the workers would read on for
         # seconds; with it they end at once.
         deadline = time.monotonic() + 3
-        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not [w for w in workers if _alive(w)]
+        assert not [w for w in workers if alive(w)]
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
         for worker in workers:
-            if _alive(worker):
+            if alive(worker):
                 os.kill(worker, signal.SIGKILL)
 
 
