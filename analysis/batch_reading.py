@@ -62,7 +62,7 @@ RESULTS_NAME = "results"
 #: Seconds between two checks for Ctrl-C while samples run side by side.
 WAIT_STEP_S = 0.5
 #: Lines of a failed job's standard error quoted in the error message.
-ERR_TAIL_LINES = 8
+STDERR_TAIL_LINES = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ def run_group(spec_path: Path, group: int, results: Path) -> Path:
     spans = groups(len(data["files"]), data["files_per_job"])
     if not 0 <= group < len(spans):
         raise BatchError(
-            f"group {group} is outside sample {data['name']!r}, which has "
+            f"group {group} not found in sample {data['name']!r}, which has "
             f"{len(spans)} groups (0 to {len(spans) - 1})"
         )
     spec = SampleSelection(
@@ -240,7 +240,7 @@ def _prepare(
             write_json(spec_path, data)
     except (OSError, OutputError) as err:
         raise ConfigError(
-            f"reading.batch.work_dir {str(settings.work_dir)!r} is unusable: cannot "
+            f"reading.batch.work_dir {str(settings.work_dir)!r} is invalid: cannot "
             f"create {work}: {err}; give a writable folder on a disk the batch "
             "hosts see"
         ) from err
@@ -250,7 +250,7 @@ def _prepare(
     production = parse_config(
         {
             # The key in the name keeps job names unique across selections, so
-            # a lookup by name after a lost bsub answer finds only this one's.
+            # when bsub prints no job id, the lookup by name finds only ours.
             "name": f"preselection-{key[:8]}",
             "run_dir": str(work),
             "backend": settings.backend,
@@ -413,8 +413,8 @@ def _run_concurrently(
                         name = futures[future].spec.name
                         failures.append(f"sample {name!r}: {err}")
         except BaseException:
-            # Each production sees the event at its next wait, kills its jobs
-            # and ends; leaving the with-block waits for all of them.
+            # Each production checks the event at its next wait, then kills its
+            # jobs and ends. Leaving the with-block waits for all of them.
             stop.set()
             raise
     if failures:
@@ -452,7 +452,7 @@ def _read_group(
     from analysis.preselection import FileSelection
 
     parquet, summary = _result_paths(results, group)
-    fix = (
+    remedy = (
         f"the production ledger in {work} counts it as done; delete {work} and "
         "rerun to select the sample again"
     )
@@ -462,17 +462,17 @@ def _read_group(
     except (OSError, ValueError, pl.exceptions.PolarsError) as err:
         raise BatchError(
             f"results of group {group} ({files[span[0]]} ...) cannot be read: "
-            f"{err}; {fix}"
+            f"{err}; {remedy}"
         ) from err
     expected = [str(Path(files[i]).resolve()) for i in span]
     if info.get("key") != key or [f["file"] for f in info["files"]] != expected:
         raise BatchError(
-            f"results {summary} belong to other inputs or cuts than this run; {fix}"
+            f"results {summary} belong to other inputs or cuts than this run; {remedy}"
         )
     if sum(f["rows"] for f in info["files"]) != table.height:
         raise BatchError(
             f"results {parquet} contain {table.height} rows, but {summary} counts "
-            f"{sum(f['rows'] for f in info['files'])}; {fix}"
+            f"{sum(f['rows'] for f in info['files'])}; {remedy}"
         )
     selections = []
     offset = 0
@@ -500,7 +500,7 @@ def _failed_stderr(runner: Production) -> str:
             lines = job.log_err.read_text(errors="replace").splitlines()
         except OSError:
             continue
-        tail = [line for line in lines if line.strip()][-ERR_TAIL_LINES:]
+        tail = [line for line in lines if line.strip()][-STDERR_TAIL_LINES:]
         if tail:
             quoted.append(
                 f"standard error of {job.name} ({job.log_err}):\n    "

@@ -377,20 +377,22 @@ def _fold_ensemble(
         np.zeros(y.size),
     )
     for fold in range(CEILING_FOLDS):
-        held = folds == fold
+        in_fold = folds == fold
         booster = xgb.train(
             {**_fixed_params(), **CEILING_PARAMS, "seed": seed},
-            xgb.DMatrix(x[~held], label=y[~held], weight=w[~held]),
+            xgb.DMatrix(x[~in_fold], label=y[~in_fold], weight=w[~in_fold]),
             num_boost_round=4000,
-            evals=[(xgb.DMatrix(x[held], label=y[held], weight=w[held]), "valid")],
+            evals=[
+                (xgb.DMatrix(x[in_fold], label=y[in_fold], weight=w[in_fold]), "valid")
+            ],
             early_stopping_rounds=100,
             verbose_eval=False,
         )
         trees = (0, booster.best_iteration + 1)
         on_fit += booster.predict(x_all, iteration_range=trees, output_margin=True)
         on_score += booster.predict(x_score, iteration_range=trees, output_margin=True)
-        out_of_fold[held] = booster.predict(
-            xgb.DMatrix(x[held]), iteration_range=trees, output_margin=True
+        out_of_fold[in_fold] = booster.predict(
+            xgb.DMatrix(x[in_fold]), iteration_range=trees, output_margin=True
         )
     return on_fit, on_score, out_of_fold
 

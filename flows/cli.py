@@ -120,7 +120,7 @@ def _run(
 
 
 class Terminated(BaseException):
-    """The process received SIGTERM (a batch system or a user stopping it)."""
+    """SIGTERM that reached the process: a batch system or a user stopped it."""
 
 
 def _raise_terminated(signum: int, _frame: object) -> None:
@@ -166,9 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return generate_main(rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")
-    # SIGTERM as an exception: the flow engine handles it first (and kills
-    # the batch jobs), then sends it again, and the exception lets the
-    # temporary Prefect server stop instead of staying behind.
+    # Prefect's flow engine handles SIGTERM first (it kills the batch jobs)
+    # and then sends it again. Raising an exception on that second signal
+    # lets the temporary Prefect server stop instead of staying behind.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:

@@ -150,7 +150,7 @@ def _check_cuts(spec: SampleSelection) -> None:
 
 
 def _batch_settings(config: AnalysisConfig, stage_dir: Path) -> BatchSettings | None:
-    """Return the batch settings of the preselection, or None to read here."""
+    """Return the batch settings of the preselection, or None to read locally."""
     if config.reading.executor != "batch":
         return None
     batch = config.reading.batch
@@ -332,7 +332,7 @@ def preselection(
 
 
 def root_skims(config: AnalysisConfig, run_dir: Path) -> dict[str, str]:
-    """Write the preselection skims as ROOT files, when the config asks for them.
+    """Write the preselection skims as ROOT files when ``skims.root`` is set.
 
     Runs after the preselection stage, cached or not, so switching
     ``skims.root`` on later writes the files without recomputing any stage.

@@ -331,7 +331,7 @@ def test_ctrl_c_kills_jobs_of_every_sample(
             child.wait()
 
     assert code == 130
-    # Both samples' loops see the stop at once, not after their jobs end.
+    # Both samples' loops notice the stop at once, not after their jobs end.
     assert elapsed < 10
     assert lsfemu.count_calls(emu, "bkill") == 2
 
@@ -352,11 +352,11 @@ def test_relative_work_dir(
 def test_work_dir_that_is_a_file(five_files: list[Path], tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    with pytest.raises(ConfigError, match=r"reading\.batch\.work_dir .* is unusable"):
+    with pytest.raises(ConfigError, match=r"reading\.batch\.work_dir .* is invalid"):
         select_sample(_spec(five_files, _batch(blocker, "local")))
 
 
-def test_lost_answer_never_adopts_other_selection(
+def test_lost_job_id_finds_own_job(
     five_files: list[Path], tmp_path: Path, emu: Path
 ) -> None:
     files = [five_files[0], five_files[2]]
@@ -393,7 +393,7 @@ def test_job_entry_point_names_bad_group(
     (spec_path,) = (tmp_path / "work").glob("*/spec.json")
     code = main(["--spec", str(spec_path), "--group", "7", "--results", "x"])
     assert code == 2
-    assert "group 7 is outside sample 'sample', which has 3 groups" in (
+    assert "group 7 not found in sample 'sample', which has 3 groups" in (
         capsys.readouterr().err
     )
 
@@ -474,7 +474,7 @@ def test_flow_stage_reads_through_batch(small_config: Path, tmp_path: Path) -> N
     ledgers = list((tmp_path / "jobs" / "preselection" / "batch").glob("*/ledger*"))
     assert len(ledgers) == len(local.samples)
 
-    # The ROOT skims, asked for in the batch config only, match the parquet.
+    # The ROOT skims, switched on in the batch config only, match the parquet.
     assert root_skims(local, tmp_path / "local") == {}
     written = root_skims(batch, tmp_path / "jobs")
     assert sorted(written) == sorted(by_jobs["skims"])

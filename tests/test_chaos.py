@@ -92,9 +92,9 @@ def _chaos(state: Path, stop: threading.Event, injected: Counter[str]) -> None:
             injected[kind] += 1
         now = time.monotonic()
         if now >= next_override and rng.random() < 0.3:
-            # 0.4 s, shorter than unknown_escalate_s, and at least 3 s apart:
-            # even a loop slowed by load sees the normal state between two
-            # overrides, so it must wait each one out without escalating.
+            # 0.4 s, shorter than unknown_escalate_s, and at least 3 s apart.
+            # Even a loop slowed by load then polls the normal state between
+            # two overrides, so it must wait each one out without escalating.
             lsfemu.override_stat(state, rng.choice(ARRAYS), rng.choice(STATS), 0.4)
             injected["override"] += 1
             next_override = now + 3.0

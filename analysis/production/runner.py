@@ -702,11 +702,11 @@ class Production:
             "done": self.ledger.count([lg.DONE]),
             "failed": self.ledger.count([lg.FAILED]),
         }
-        shown = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
+        summary = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
         log.info(
             "production %s: %s of %d jobs",
             self.config.name,
-            shown or "no jobs",
+            summary or "no jobs",
             len(self.plans),
         )
 
